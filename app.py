@@ -1,0 +1,90 @@
+"""tsm-keras command line: `python app.py --mode=... [--flagfile=flags/<recipe>.flags] [--flag=value ...]`.
+
+Parses flags into a `tsm_keras.config.Config` and calls the one library function of the mode.
+With no arguments it runs `flags/quickstart.flags` (the embedded synthetic dataset).
+"""
+
+import os
+import sys
+
+from absl import app, flags
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+QUICKSTART = os.path.join(HERE, "flags", "quickstart.flags")
+
+# Mode -> "module:function"; each function takes a Config. Imported lazily so that a mode's
+# dependencies load only when it runs.
+MODES = {
+    "summary": "tsm_keras.models.summary:print_summary",
+}
+
+F = flags.FLAGS
+flags.DEFINE_enum("mode", "summary", sorted(MODES), "What to do.")
+flags.DEFINE_string("model_dir", "runs/tsm", "Run folder: checkpoints, config, label map, logs, reports.")
+
+# Data.
+flags.DEFINE_enum("data_format", "synthetic", ["frames", "videos", "tfrecord", "synthetic"], "Input kind.")
+flags.DEFINE_string("data_root", "", "Root folder that list-file paths are relative to.")
+flags.DEFINE_string("train_list", "", "Training list file (PaddleVideo format).")
+flags.DEFINE_string("val_list", "", "Validation/test list file (PaddleVideo format).")
+flags.DEFINE_string("label_map", "", "Class names: kinetics400, a classInd.txt or one name per line.")
+flags.DEFINE_integer("num_classes", 400, "Number of classes.")
+flags.DEFINE_integer("num_segments", 8, "Frames per clip (TSN segments).")
+flags.DEFINE_integer("image_size", 224, "Crop size fed to the model.")
+flags.DEFINE_integer("scale_size", 256, "Short side before the centre crop at evaluation.")
+flags.DEFINE_string("frame_template", "img_{:05d}.jpg", "Frame file name template (1-based index).")
+flags.DEFINE_enum("on_bad_sample", "skip", ["skip", "fail"], "Unreadable video/frame: skip (counted) or fail.")
+flags.DEFINE_string("tfrecord_dir", "tfrecords", "TFRecord shards folder.")
+flags.DEFINE_boolean("flip", True, "Random horizontal flip in training (--noflip for direction-aware classes).")
+flags.DEFINE_integer("test_clips", 1, "Clips per video at evaluation.")
+flags.DEFINE_integer("test_crops", 1, "Spatial crops per clip at evaluation (1 centre or 3).")
+
+# Model.
+flags.DEFINE_enum("backbone", "resnet50", ["resnet18", "resnet34", "resnet50", "resnet101"], "Backbone.")
+flags.DEFINE_enum("shift", "bidirectional", ["bidirectional", "unidirectional", "none"], "Temporal shift (none = TSN).")
+flags.DEFINE_integer("shift_div", 8, "1/shift_div of the channels shift each way.")
+flags.DEFINE_enum("shift_place", "blockres", ["blockres", "block"], "Where the shift goes in a block.")
+flags.DEFINE_float("dropout", 0.5, "Dropout before the classifier.")
+flags.DEFINE_string("pretrained", "", "Initial weights (ImageNet or K400), any format the converters read.")
+flags.DEFINE_string("weights", "", "Trained weights for eval/predict/export: model_dir, .keras or a converter source.")
+
+# Optimization.
+flags.DEFINE_integer("batch_size", 128, "Global batch size (split across replicas).")
+flags.DEFINE_integer("epochs", 50, "Training epochs.")
+flags.DEFINE_float("lr", 0.02, "Base learning rate for the global batch (first of --lr_values).")
+flags.DEFINE_list("lr_boundaries", ["20", "40"], "Epochs where the learning rate drops.")
+flags.DEFINE_list("lr_values", ["0.02", "0.002", "0.0002"], "Learning rates between the boundaries.")
+flags.DEFINE_float("momentum", 0.9, "Momentum.")
+flags.DEFINE_float("weight_decay", 1e-4, "L2 decay on conv and FC kernels (g + wd * w).")
+flags.DEFINE_float("clip_norm", 20.0, "Global gradient norm clip (0 = off).")
+flags.DEFINE_integer("seed", 0, "Random seed.")
+
+# Execution.
+flags.DEFINE_enum("strategy", "auto", ["auto", "one_device", "mirrored", "multi_worker"], "tf.distribute strategy.")
+flags.DEFINE_enum("precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16"], "Precision policy.")
+flags.DEFINE_boolean("amp", False, "PaddleVideo's alias for --precision=mixed_float16.")
+flags.DEFINE_boolean("validate", False, "Evaluate after each epoch.")
+
+
+def _lists(config):
+    """absl list flags arrive as strings; the config wants numbers."""
+    return config.replace(lr_boundaries=[int(b) for b in config.lr_boundaries],
+                          lr_values=[float(v) for v in config.lr_values])
+
+
+def main(argv):
+    del argv
+    from tsm_keras.config import config_from_flags
+
+    config = _lists(config_from_flags(F))
+    if F.amp:
+        config = config.replace(precision="mixed_float16")
+    module_name, function_name = MODES[config.mode].split(":")
+    module = __import__(module_name, fromlist=[function_name])
+    return getattr(module, function_name)(config)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 1:
+        sys.argv.append(f"--flagfile={QUICKSTART}")
+    app.run(main)

@@ -1,0 +1,97 @@
+"""One config object for every mode: flags -> Config -> data, model, loop, artefacts.
+
+Defaults are PaddleVideo's TSM K400 recipe (`tsm_k400_frames.yaml`) for a global batch of 128.
+The library takes a `Config`; only `app.py` knows about flags.
+"""
+
+import dataclasses
+import json
+import os
+from typing import List, Optional
+
+
+@dataclasses.dataclass
+class Config:
+    mode: str = "train"
+    model_dir: str = "runs/tsm"
+
+    # Data (contract shared by the data, train and export issues).
+    data_format: str = "synthetic"  # frames | videos | tfrecord | synthetic
+    data_root: str = ""
+    train_list: str = ""
+    val_list: str = ""
+    label_map: str = ""
+    num_classes: int = 400
+    num_segments: int = 8
+    image_size: int = 224
+    scale_size: int = 256
+    frame_template: str = "img_{:05d}.jpg"
+    on_bad_sample: str = "skip"  # skip | fail
+    tfrecord_dir: str = "tfrecords"
+    flip: bool = True
+    test_clips: int = 1
+    test_crops: int = 1
+
+    # Model.
+    backbone: str = "resnet50"
+    shift: str = "bidirectional"  # bidirectional | unidirectional | none
+    shift_div: int = 8
+    shift_place: str = "blockres"
+    dropout: float = 0.5
+    pretrained: str = ""
+    weights: str = ""
+
+    # Optimization (PaddleVideo tsm_k400: piecewise lr by epoch for a global batch of 128).
+    batch_size: int = 128
+    epochs: int = 50
+    lr: float = 0.02
+    lr_boundaries: List[int] = dataclasses.field(default_factory=lambda: [20, 40])
+    lr_values: List[float] = dataclasses.field(default_factory=lambda: [0.02, 0.002, 0.0002])
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    clip_norm: float = 20.0
+    seed: int = 0
+
+    # Execution.
+    strategy: str = "auto"  # auto | one_device | mirrored | multi_worker
+    precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
+    validate: bool = False
+
+    extra: dict = dataclasses.field(default_factory=dict)
+
+    def to_json(self):
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    def save(self, path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            f.write(self.to_json())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path):
+        with open(path) as f:
+            values = json.load(f)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        config = cls(**{k: v for k, v in values.items() if k in known})
+        config.extra.update({k: values[k] for k in unknown})
+        return config
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+def config_from_flags(flag_values, defaults: Optional[Config] = None):
+    """Build a Config from absl flag values: every flag that names a Config field sets it."""
+    config = defaults or Config()
+    known = {f.name for f in dataclasses.fields(Config)}
+    changes = {}
+    for name in flag_values:
+        if name in known:
+            value = flag_values[name].value
+            if isinstance(getattr(config, name), list) and value is not None:
+                value = list(value)
+            changes[name] = value
+    return config.replace(**changes)

@@ -1,0 +1,217 @@
+"""Small Keras layers of the TSM model: the temporal shift, and the reshapes around it.
+
+All layers use `keras.ops` only, are registered serializable, and respect the
+dtype policy (`self.compute_dtype`) so they work under mixed precision.
+"""
+
+import numpy as np
+import keras
+from keras import ops
+
+# ImageNet statistics on the 0-255 scale: the one source of truth for normalization.
+IMAGENET_MEAN = (0.485 * 255.0, 0.456 * 255.0, 0.406 * 255.0)
+IMAGENET_STD = (0.229 * 255.0, 0.224 * 255.0, 0.225 * 255.0)
+
+_PACKAGE = "tsm_keras"
+
+
+def shift_folds(channels, num_segments, shift_div=8, convention="tsm", shift_ratio=None):
+    """Channel boundaries `(c1, c2)` of the two shifted groups.
+
+    `tsm` (official code): fold = channels // shift_div, groups [0, fold) and [fold, 2*fold).
+    `paddle` (PaddleVideo `F.temporal_shift`): c1 = int(C*r), c2 = int(2*C*r) computed in float32
+    as Paddle's kernel does, r = shift_ratio or 1/num_segments.
+    """
+    if convention == "tsm":
+        fold = channels // shift_div
+        return fold, 2 * fold
+    ratio = np.float32(1.0 / num_segments if shift_ratio is None else shift_ratio)
+    c1 = int(np.float32(channels) * ratio)
+    c2 = int(np.float32(2 * channels) * ratio)
+    return c1, c2
+
+
+def shift_kernel(channels, c1, c2, first_offset, second_offset):
+    """Depthwise kernel `[3, 1, channels, 1]` that moves channel groups along time.
+
+    Tap 0 reads frame t-1, tap 1 frame t, tap 2 frame t+1; each channel has exactly one tap
+    set to 1, so the convolution copies values exactly (x*1 + 0*y + 0*z == x).
+    """
+    taps = np.zeros((3, 1, channels, 1), np.float32)
+    taps[1, 0, :, 0] = 1.0
+    for lo, hi, offset in ((0, c1, first_offset), (c1, c2, second_offset)):
+        if offset is not None and hi > lo:
+            taps[1, 0, lo:hi, 0] = 0.0
+            taps[1 + offset, 0, lo:hi, 0] = 1.0
+    return taps
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class TemporalShift(keras.layers.Layer):
+    """Temporal Shift Module (Lin, Gan & Han, ICCV 2019): zero-parameter, zero-FLOP time mixing.
+
+    Input and output: `[batch * num_segments, height, width, channels]` with the frames of
+    one clip consecutive (the layout a per-frame 2D backbone sees).
+
+    Args:
+        num_segments: frames per clip, T.
+        shift_div: with `convention="tsm"`, 1/shift_div of the channels moves each way.
+        direction: `"bidirectional"` (offline TSM) or `"unidirectional"` (online TSM: channels
+            [0, c1) take frame t-1; nothing comes from the future).
+        convention: `"tsm"` (official PyTorch code: channels [0, C//div) at time t take frame t+1,
+            [C//div, 2*C//div) take t-1) or `"paddle"` (PaddleVideo: [0, int(C*r)) take t-1,
+            [int(C*r), int(2*C*r)) take t+1, r = shift_ratio or 1/num_segments).
+        shift_ratio: only for `convention="paddle"`; defaults to 1/num_segments.
+
+    Implementation: one 3x1 depthwise convolution over `[N, T, H*W, C]` whose taps are 0/1, so
+    values are copied exactly; it reads and writes the activation once (slice+pad+concat takes
+    several passes: 2x slower here) and exports to ONNX/TFLite as a standard op. The gradient is
+    the reverse shift (the kernel flipped in time), given as a custom gradient so no scatter or
+    filter gradient is ever computed.
+    """
+
+    def __init__(self, num_segments, shift_div=8, direction="bidirectional", convention="tsm",
+                 shift_ratio=None, **kwargs):
+        super().__init__(**kwargs)
+        if int(num_segments) < 1:
+            raise ValueError(f"TemporalShift: num_segments must be >= 1, got {num_segments}.")
+        if direction not in ("bidirectional", "unidirectional"):
+            raise ValueError(f"TemporalShift: direction must be 'bidirectional' or 'unidirectional', "
+                             f"got {direction!r}.")
+        if convention not in ("tsm", "paddle"):
+            raise ValueError(f"TemporalShift: convention must be 'tsm' or 'paddle', got {convention!r}.")
+        if int(shift_div) < 1:
+            raise ValueError(f"TemporalShift: shift_div must be >= 1, got {shift_div}.")
+        self.num_segments = int(num_segments)
+        self.shift_div = int(shift_div)
+        self.direction = direction
+        self.convention = convention
+        self.shift_ratio = None if shift_ratio is None else float(shift_ratio)
+        self.supports_masking = False
+
+    def _offsets(self):
+        """(offset of group [0,c1), offset of group [c1,c2)); None means the group is not shifted."""
+        if self.direction == "unidirectional":
+            return -1, None
+        if self.convention == "tsm":
+            return +1, -1
+        return -1, +1
+
+    def call(self, inputs):
+        channels = inputs.shape[-1]
+        if channels is None:
+            raise ValueError("TemporalShift needs a known channel count.")
+        c1, c2 = shift_folds(channels, self.num_segments, self.shift_div, self.convention,
+                             self.shift_ratio)
+        first, second = self._offsets()
+        if second is None:
+            c2 = c1
+        if c1 == 0 and c2 == 0:
+            return inputs
+        forward = ops.convert_to_tensor(shift_kernel(channels, c1, c2, first, second), self.compute_dtype)
+        # The gradient of a shift is the reverse shift: the same kernel flipped in time.
+        backward = ops.convert_to_tensor(shift_kernel(channels, c1, c2, first, second)[::-1].copy(),
+                                         self.compute_dtype)
+        shape = ops.shape(inputs)
+        t = self.num_segments
+
+        def shift_with(x, kernel):
+            # [N*T, H, W, C] -> [N, T, H*W, C]: a 3x1 depthwise conv over (T, H*W) shifts in time.
+            clips = ops.reshape(x, (-1, t, shape[1] * shape[2], channels))
+            moved = ops.depthwise_conv(clips, kernel, strides=1, padding="same")
+            return ops.reshape(moved, shape)
+
+        @ops.custom_gradient
+        def shift(x):
+            def grad(*args, upstream=None):
+                if upstream is None:
+                    (upstream,) = args
+                return shift_with(upstream, backward)
+
+            return shift_with(x, forward), grad
+
+        return shift(inputs)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_segments=self.num_segments, shift_div=self.shift_div,
+                      direction=self.direction, convention=self.convention,
+                      shift_ratio=self.shift_ratio)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class FrameNormalization(keras.layers.Layer):
+    """`(frames - mean) / std` per channel, for raw 0-255 frames (uint8 or float).
+
+    Computes in float32 whatever the policy (0-255 values lose precision in bfloat16) and
+    returns the compute dtype. `channel_order="bgr"` reverses RGB input first (Caffe-style
+    weights, e.g. keras.applications' ResNet50).
+    """
+
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, channel_order="rgb", **kwargs):
+        super().__init__(**kwargs)
+        if channel_order not in ("rgb", "bgr"):
+            raise ValueError(f"FrameNormalization: channel_order must be 'rgb' or 'bgr', got {channel_order!r}.")
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.channel_order = channel_order
+
+    def call(self, inputs):
+        x = ops.cast(inputs, "float32")
+        if self.channel_order == "bgr":
+            x = ops.flip(x, axis=-1)
+        x = (x - ops.convert_to_tensor(self.mean, "float32")) / ops.convert_to_tensor(self.std, "float32")
+        return ops.cast(x, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(mean=list(self.mean), std=list(self.std), channel_order=self.channel_order)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class FoldTime(keras.layers.Layer):
+    """`[batch, time, height, width, channels]` -> `[batch * time, height, width, channels]`."""
+
+    def call(self, inputs):
+        shape = ops.shape(inputs)
+        return ops.reshape(inputs, (-1, shape[2], shape[3], shape[4]))
+
+    def compute_output_shape(self, input_shape):
+        batch, time = input_shape[0], input_shape[1]
+        folded = None if batch is None or time is None else batch * time
+        return (folded,) + tuple(input_shape[2:])
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class SegmentConsensus(keras.layers.Layer):
+    """Average per-frame scores over the clip: `[batch * T, classes]` -> `[batch, classes]`.
+
+    Runs in float32 by default, so logits are float32 under any mixed-precision policy.
+    """
+
+    def __init__(self, num_segments, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.num_segments = int(num_segments)
+
+    def call(self, inputs):
+        x = ops.cast(inputs, self.compute_dtype)
+        x = ops.reshape(x, (-1, self.num_segments, x.shape[-1]))
+        return ops.mean(x, axis=1)
+
+    def compute_output_shape(self, input_shape):
+        batch = input_shape[0]
+        return (None if batch is None else batch // self.num_segments, input_shape[-1])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_segments=self.num_segments)
+        return config

@@ -1,0 +1,6 @@
+"""Backbones and the video classifier."""
+
+from tsm_keras.models.resnet import BACKBONES, resnet_tsm_features
+from tsm_keras.models.tsm import TSM, build_tsm
+
+__all__ = ["BACKBONES", "TSM", "build_tsm", "resnet_tsm_features"]

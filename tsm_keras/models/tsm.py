@@ -1,0 +1,124 @@
+"""The TSM video classifier: a per-frame 2D ResNet with temporal shifts, averaged over time."""
+
+import keras
+from keras import layers
+
+from tsm_keras.layers import IMAGENET_MEAN, IMAGENET_STD, FoldTime, FrameNormalization, SegmentConsensus
+from tsm_keras.models.resnet import BACKBONES, SHIFT_PLACES, SHIFTS, resnet_tsm_features
+
+CONVENTIONS = ("tsm", "paddle")
+# How raw 0-255 RGB frames are normalized for a given set of weights.
+INPUT_CONVENTIONS = {
+    "imagenet": dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, channel_order="rgb"),
+    # keras.applications ResNet50 (Caffe): BGR, mean subtraction, no std.
+    "caffe": dict(mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0), channel_order="bgr"),
+}
+
+
+@keras.saving.register_keras_serializable(package="tsm_keras")
+class TSM(keras.Model):
+    """TSM (or TSN with `shift="none"`) classifier: `[batch, T, H, W, 3]` -> float32 logits `[batch, classes]`.
+
+    Inputs are ImageNet-normalized float frames, or with `normalize_input=True` raw 0-255 frames
+    (uint8 or float) that the model normalizes itself, the form serving and the input pipeline
+    pass. Frames are folded into the batch, the backbone runs per frame, then global average
+    pooling, dropout, a Dense layer (N(0, 0.001) kernel, zero bias) and the average over time.
+
+    The constructor arguments are the whole config: `get_config` returns them and loading a
+    `.keras` file rebuilds the same graph.
+    """
+
+    def __init__(self, num_classes, num_segments=8, backbone="resnet50", shift="bidirectional",
+                 shift_div=8, shift_place="blockres", convention="tsm", dropout=0.5, image_size=None,
+                 normalize_input=False, stride_in_1x1=False, shift_every=1,
+                 input_convention="imagenet", **kwargs):
+        _validate(num_classes, num_segments, backbone, shift, shift_place, convention, dropout,
+                  image_size, input_convention)
+        height, width = _image_hw(image_size)
+        frames = keras.Input((num_segments, height, width, 3), name="frames")
+        x = FoldTime(name="fold_time")(frames)
+        if normalize_input:
+            x = FrameNormalization(**INPUT_CONVENTIONS[input_convention], name="normalize")(x)
+        x = resnet_tsm_features(x, depth=BACKBONES[backbone], num_segments=num_segments, shift=shift,
+                                shift_div=shift_div, shift_place=shift_place, convention=convention,
+                                stride_in_1x1=stride_in_1x1, shift_every=shift_every)
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = layers.Dropout(dropout, name="dropout")(x)
+        x = layers.Dense(num_classes, name="fc",
+                         kernel_initializer=keras.initializers.RandomNormal(0.0, 0.001),
+                         bias_initializer="zeros")(x)
+        logits = SegmentConsensus(num_segments, name="consensus")(x)
+        kwargs.setdefault("name", f"tsm_{backbone}" if shift != "none" else f"tsn_{backbone}")
+        super().__init__(inputs=frames, outputs=logits, **kwargs)
+
+        self.num_classes = num_classes
+        self.num_segments = num_segments
+        self.backbone = backbone
+        self.shift = shift
+        self.shift_div = shift_div
+        self.shift_place = shift_place
+        self.convention = convention
+        self.dropout = dropout
+        self.image_size = image_size
+        self.normalize_input = normalize_input
+        self.stride_in_1x1 = stride_in_1x1
+        self.shift_every = shift_every
+        self.input_convention = input_convention
+
+    def get_config(self):
+        return dict(name=self.name, trainable=self.trainable, num_classes=self.num_classes,
+                    num_segments=self.num_segments, backbone=self.backbone, shift=self.shift,
+                    shift_div=self.shift_div, shift_place=self.shift_place, convention=self.convention,
+                    dropout=self.dropout, image_size=self.image_size, normalize_input=self.normalize_input,
+                    stride_in_1x1=self.stride_in_1x1, shift_every=self.shift_every,
+                    input_convention=self.input_convention)
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def build_tsm(num_classes, num_segments=8, backbone="resnet50", shift="bidirectional", shift_div=8,
+              shift_place="blockres", convention="tsm", dropout=0.5, image_size=None,
+              normalize_input=False, **kwargs):
+    """Build a TSM (or, with `shift="none"`, TSN) video classifier; see `TSM` for the arguments.
+
+    Extra keyword arguments: `stride_in_1x1` (Keras/Caffe ResNet v1 layout), `shift_every`
+    (shift every n-th block), `input_convention` ("imagenet" or "caffe", used with
+    `normalize_input=True`), and Keras' `name`/`dtype`.
+    """
+    return TSM(num_classes, num_segments=num_segments, backbone=backbone, shift=shift,
+               shift_div=shift_div, shift_place=shift_place, convention=convention, dropout=dropout,
+               image_size=image_size, normalize_input=normalize_input, **kwargs)
+
+
+def _image_hw(image_size):
+    if image_size is None:
+        return None, None
+    if isinstance(image_size, int):
+        return image_size, image_size
+    return tuple(image_size)
+
+
+def _validate(num_classes, num_segments, backbone, shift, shift_place, convention, dropout, image_size,
+              input_convention):
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")
+    if not isinstance(num_segments, int) or num_segments < 1:
+        raise ValueError(f"num_segments must be a positive int, got {num_segments!r}.")
+    if backbone not in BACKBONES:
+        raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {backbone!r}.")
+    if shift not in SHIFTS:
+        raise ValueError(f"shift must be one of {SHIFTS}, got {shift!r} (use 'none' for TSN).")
+    if shift_place not in SHIFT_PLACES:
+        raise ValueError(f"shift_place must be one of {SHIFT_PLACES}, got {shift_place!r}.")
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}.")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}.")
+    if input_convention not in INPUT_CONVENTIONS:
+        raise ValueError(f"input_convention must be one of {sorted(INPUT_CONVENTIONS)}, got {input_convention!r}.")
+    if image_size is not None:
+        hw = _image_hw(image_size)
+        if len(hw) != 2 or any(int(s) < 32 for s in hw):
+            raise ValueError(f"image_size must be None, an int or (height, width) of at least 32, got {image_size!r}.")
