@@ -1,0 +1,257 @@
+"""Versioned SavedModel for TF Serving: preprocessing, normalization and top-k labels inside the graph.
+
+Layout (what TF Serving scans): `<export_dir>/<version>/saved_model.pb`, versions are integers and
+TF Serving serves the highest. A version is written to a hidden temporary folder next to it and
+renamed when complete, so a server polling the folder never sees half a model, and an existing
+version is never overwritten.
+
+Signatures:
+    serving_default  frames  uint8   [batch, T, height, width, 3], any height/width (RGB)
+                     -> probabilities float32 [batch, classes], top_k_indices int32 [batch, k],
+                        top_k_labels string [batch, k]
+    serving_clips    clips   float32 [batch, T, image_size, image_size, 3], RGB on the 0-255 scale,
+                     already sampled, resized and centre-cropped (what `tsm_keras.data.load_video_clips`
+                     returns, cast to float32); normalization stays in the graph
+                     -> the same outputs plus logits float32 [batch, classes]
+
+`assets.extra/tsm_export.json` (ignored by TF Serving) records the model config, preprocessing and
+label names, so `tsm_keras.load` can feed the model exactly as evaluation does.
+"""
+
+import json
+import os
+import shutil
+import uuid
+
+import numpy as np
+import tensorflow as tf
+
+import keras
+
+from tsm_keras.layers import FrameNormalization
+from tsm_keras.models.tsm import INPUT_CONVENTIONS
+
+DEFAULT_SIGNATURE = "serving_default"
+CLIPS_SIGNATURE = "serving_clips"
+METADATA_FILE = os.path.join("assets.extra", "tsm_export.json")
+
+
+def resize_and_center_crop(frames, scale_size, image_size):
+    """Evaluation geometry in TF ops: short side -> `scale_size`, centre crop `image_size`.
+
+    `frames`: `[batch, T, height, width, 3]` (any dtype, any height/width).
+    Returns float32 `[batch, T, image_size, image_size, 3]` on the input's value scale, rounded to
+    integers as the decoded uint8 frames of the evaluation pipeline are.
+    """
+    shape = tf.shape(frames)
+    batch, time, height, width = shape[0], shape[1], shape[2], shape[3]
+    images = tf.reshape(frames, tf.stack([-1, height, width, 3]))
+    h = tf.cast(height, tf.float32)
+    w = tf.cast(width, tf.float32)
+    short = tf.minimum(h, w)
+    # Same arithmetic as the evaluation pipeline: the short side becomes scale_size, the long
+    # side int(scale_size * long / short) (truncated).
+    new_h = tf.where(h <= w, float(scale_size), tf.floor(float(scale_size) * h / short))
+    new_w = tf.where(h <= w, tf.floor(float(scale_size) * w / short), float(scale_size))
+    size = tf.cast(tf.stack([new_h, new_w]), tf.int32)
+    resized = tf.image.resize(images, size, method="bilinear")
+    resized = tf.clip_by_value(tf.round(resized), 0.0, 255.0)
+    top = tf.cast(tf.round((new_h - image_size) / 2.0), tf.int32)
+    left = tf.cast(tf.round((new_w - image_size) / 2.0), tf.int32)
+    cropped = resized[:, top:top + image_size, left:left + image_size, :]
+    return tf.reshape(cropped, tf.stack([batch, time, image_size, image_size, 3]))
+
+
+class ClipClassifier:
+    """The Keras TSM model as a function of 0-255 float clips, whatever its `normalize_input`.
+
+    `__call__(clips)`: float32 `[batch, T, S, S, 3]` RGB 0-255 -> float32 logits `[batch, classes]`.
+    Normalization follows the model's `input_convention` (mean/std from `INPUT_CONVENTIONS`, the
+    one source of truth), applied here when the model does not normalize itself.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        if getattr(model, "normalize_input", False):
+            self.normalize = None
+        else:
+            convention = getattr(model, "input_convention", "imagenet")
+            self.normalize = FrameNormalization(**INPUT_CONVENTIONS[convention], name="serving_normalize")
+
+    def __call__(self, clips):
+        x = clips if self.normalize is None else self.normalize(clips)
+        return tf.cast(self.model(x, training=False), tf.float32)
+
+
+def model_input_spec(model):
+    """(num_segments, image_size) the model was built for; image_size may be None (any size)."""
+    config = model.get_config()
+    image_size = config.get("image_size")
+    if isinstance(image_size, (list, tuple)):
+        if image_size[0] != image_size[1]:
+            raise ValueError(f"serving crops squares; the model was built for {image_size}.")
+        image_size = image_size[0]
+    return int(config["num_segments"]), image_size
+
+
+def index_label_names(num_classes):
+    """Label names when there is no label map: "0", "1", ..."""
+    return [str(i) for i in range(num_classes)]
+
+
+def _check_labels(label_names, num_classes):
+    if label_names is None:
+        return index_label_names(num_classes)
+    label_names = [str(name) for name in label_names]
+    if len(label_names) != num_classes:
+        raise ValueError(f"{len(label_names)} label names for a model with {num_classes} classes: pass the "
+                         f"label map the model was trained with (--label_map), or none for index names.")
+    return label_names
+
+
+def build_export_archive(model, label_names=None, scale_size=256, image_size=None, top_k=5):
+    """A `keras.export.ExportArchive` holding the model and the two serving signatures."""
+    num_segments, model_image_size = model_input_spec(model)
+    image_size = int(image_size or model_image_size or 224)
+    if model_image_size is not None and int(model_image_size) != image_size:
+        raise ValueError(f"image_size={image_size} but the model was built for {model_image_size}.")
+    if scale_size < image_size:
+        raise ValueError(f"scale_size ({scale_size}) must be >= image_size ({image_size}): the short side is "
+                         f"resized to scale_size, then an image_size centre crop is taken.")
+    num_classes = int(model.output_shape[-1])
+    label_names = _check_labels(label_names, num_classes)
+    k = max(1, min(int(top_k), num_classes))
+    classifier = ClipClassifier(model)
+    labels = tf.constant(label_names, dtype=tf.string)
+
+    def outputs(logits):
+        probabilities = tf.nn.softmax(logits, axis=-1)
+        top = tf.math.top_k(probabilities, k=k)
+        return {"probabilities": probabilities, "top_k_indices": top.indices,
+                "top_k_labels": tf.gather(labels, top.indices)}
+
+    def serve_frames(frames):
+        clips = resize_and_center_crop(frames, scale_size, image_size)
+        return outputs(classifier(clips))
+
+    def serve_clips(clips):
+        logits = classifier(clips)
+        return dict(outputs(logits), logits=logits)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    if classifier.normalize is not None:
+        archive.track(classifier.normalize)
+    archive.add_endpoint(DEFAULT_SIGNATURE, serve_frames, input_signature=[
+        tf.TensorSpec([None, num_segments, None, None, 3], tf.uint8, name="frames")])
+    archive.add_endpoint(CLIPS_SIGNATURE, serve_clips, input_signature=[
+        tf.TensorSpec([None, num_segments, image_size, image_size, 3], tf.float32, name="clips")])
+    metadata = {
+        "format": "tsm_keras.saved_model/1",
+        "model_config": _jsonable(model.get_config()),
+        "num_segments": num_segments,
+        "image_size": image_size,
+        "scale_size": int(scale_size),
+        "num_classes": num_classes,
+        "top_k": k,
+        "label_names": label_names,
+        "signatures": {
+            DEFAULT_SIGNATURE: {"inputs": {"frames": f"uint8 [batch, {num_segments}, height, width, 3] RGB"},
+                                "outputs": ["probabilities", "top_k_indices", "top_k_labels"]},
+            CLIPS_SIGNATURE: {"inputs": {"clips": f"float32 [batch, {num_segments}, {image_size}, {image_size}, 3]"
+                                                  " RGB 0-255, centre-cropped"},
+                              "outputs": ["logits", "probabilities", "top_k_indices", "top_k_labels"]},
+        },
+    }
+    return archive, metadata
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+
+
+def list_versions(export_dir):
+    """Integer versions present in `export_dir` (complete ones: temporary folders are hidden)."""
+    if not os.path.isdir(export_dir):
+        return []
+    return sorted(int(name) for name in os.listdir(export_dir)
+                  if name.isdigit() and os.path.isdir(os.path.join(export_dir, name)))
+
+
+def resolve_saved_model_dir(path):
+    """A SavedModel folder itself, or the highest version under a versioned export folder."""
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    versions = list_versions(path)
+    for version in reversed(versions):
+        candidate = os.path.join(path, str(version))
+        if os.path.isfile(os.path.join(candidate, "saved_model.pb")):
+            return candidate
+    raise FileNotFoundError(f"{path}: no saved_model.pb there nor in a numbered version folder below it; "
+                            f"export one with `python app.py --mode=export --weights=... --export_dir={path}`.")
+
+
+def export_saved_model(model, export_dir, label_names=None, scale_size=256, image_size=None, top_k=5,
+                       version=None, verbose=False):
+    """Write `model` as `<export_dir>/<version>/`; return that path.
+
+    `version=None` takes the next integer after the highest present (1 in an empty folder). An
+    explicit version that already exists is an error: versions are immutable once served.
+    """
+    archive, metadata = build_export_archive(model, label_names, scale_size, image_size, top_k)
+    os.makedirs(export_dir, exist_ok=True)
+    if version is not None:
+        version = int(version)
+        if version < 0:
+            raise ValueError(f"version must be a non-negative integer, got {version}.")
+        if os.path.exists(os.path.join(export_dir, str(version))):
+            raise FileExistsError(f"{os.path.join(export_dir, str(version))} exists; versions are never "
+                                  f"overwritten: pick another version or leave it unset for the next one.")
+    # Hidden (TF Serving only loads integer names) and on the same file system, so the final
+    # rename is atomic.
+    tmp = os.path.join(export_dir, f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        archive.write_out(tmp, verbose=verbose)
+        metadata_path = os.path.join(tmp, METADATA_FILE)
+        os.makedirs(os.path.dirname(metadata_path), exist_ok=True)
+        with open(metadata_path, "w") as f:
+            json.dump(metadata, f, indent=2)
+        return _rename_to_version(tmp, export_dir, version)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _rename_to_version(tmp, export_dir, version):
+    explicit = version is not None
+    for _ in range(100):
+        if version is None:
+            versions = list_versions(export_dir)
+            version = versions[-1] + 1 if versions else 1
+        final = os.path.join(export_dir, str(version))
+        if not os.path.exists(final):
+            try:
+                os.rename(tmp, final)  # fails on a non-empty target: nothing is overwritten
+                return final
+            except OSError:
+                if not os.path.exists(final):
+                    raise
+        if explicit:
+            raise FileExistsError(f"{final} appeared while exporting; versions are never overwritten.")
+        version = None  # another exporter took it: take the next one
+    raise RuntimeError(f"could not allocate a version folder in {export_dir}")
+
+
+def read_export_metadata(saved_model_dir):
+    """The `tsm_export.json` written next to the SavedModel, or None for a foreign SavedModel."""
+    path = os.path.join(saved_model_dir, METADATA_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def serving_example(num_segments, image_size=224, batch=1, seed=0):
+    """Random uint8 frames `[batch, T, H, W, 3]` for smoke tests and warm-up."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(batch, num_segments, image_size, image_size, 3), dtype=np.uint8)
