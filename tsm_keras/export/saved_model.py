@@ -140,8 +140,6 @@ def build_export_archive(model, label_names=None, scale_size=256, image_size=Non
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    if classifier.normalize is not None:
-        archive.track(classifier.normalize)
     archive.add_endpoint(DEFAULT_SIGNATURE, serve_frames, input_signature=[
         tf.TensorSpec([None, num_segments, None, None, 3], tf.uint8, name="frames")])
     archive.add_endpoint(CLIPS_SIGNATURE, serve_clips, input_signature=[
