@@ -1,4 +1,149 @@
 """Serving artefacts: versioned SavedModel (TF Serving), TF-TRT, ONNX and TFLite.
 
+`python app.py --mode=export --weights=<run folder | .keras | .pdparams ...> --export_dir=saved_models/tsm`
+    [--export_format=saved_model|onnx|tflite] [--tflite_quant=float32|float16|dynamic_int8]
+    [--trt_precision=FP32|FP16|INT8]
+
 Kept import-light: each format's module imports TensorFlow (and tf2onnx, onnxruntime) itself.
 """
+
+import os
+
+
+def load_keras_model(weights, config):
+    """`(model, run_config, label_names)` for `--weights`, through evaluation's loader so eval,
+    export and predict read the same sources the same way (a run folder's config.json and
+    labels.txt, `.keras`, `.weights.h5`, converter sources)."""
+    from tsm_keras.evaluation import load_label_names, load_trained_model
+
+    model, run_config, model_dir = load_trained_model(config.replace(weights=weights))
+    num_classes = int(model.output_shape[-1])
+    label_names = load_label_names(run_config.replace(num_classes=num_classes), model_dir)
+    if len(label_names) != num_classes:
+        raise ValueError(f"{len(label_names)} label names for a model with {num_classes} classes: set --label_map "
+                         f"to the label map the model was trained with.")
+    return model, run_config, label_names
+
+
+def export_from_config(config):
+    """`--mode=export`: write the artefact `--export_format` asks for; print where it went."""
+    if config.export_format not in ("saved_model", "onnx", "tflite"):
+        raise ValueError(f"--export_format must be saved_model, onnx or tflite, got {config.export_format!r}.")
+    if config.trt_precision:
+        if config.export_format != "saved_model":
+            raise ValueError("--trt_precision converts the SavedModel: use it with --export_format=saved_model.")
+        from tsm_keras.export.trt import require_tensorrt
+
+        require_tensorrt()  # before any work: no SavedModel-only result passed off as a TRT one
+    model, run_config, label_names = load_keras_model(config.weights or config.model_dir, config)
+    if config.export_format == "saved_model":
+        return _export_saved_model(model, run_config, label_names, config)
+    if config.export_format == "onnx":
+        return _export_onnx(model, config)
+    return _export_tflite(model, config)
+
+
+def _export_saved_model(model, run_config, label_names, config):
+    from tsm_keras.export.saved_model import export_saved_model, model_input_spec
+
+    _, image_size = model_input_spec(model)
+    path = export_saved_model(model, config.export_dir, label_names=label_names, scale_size=run_config.scale_size,
+                              image_size=image_size or run_config.image_size, top_k=config.top_k)
+    print(f"export: SavedModel version {os.path.basename(path)} in {path} (signatures serving_default: uint8 "
+          f"frames, serving_clips: float32 clips)")
+    print(f"  check it: saved_model_cli show --dir {path} --all")
+    if config.trt_precision:
+        from tsm_keras.export.trt import convert_saved_model
+
+        calibration = _calibration_clips(run_config) if config.trt_precision == "INT8" else None
+        trt_dir = os.path.join(f"{config.export_dir.rstrip('/')}_trt_{config.trt_precision.lower()}",
+                               os.path.basename(path))
+        convert_saved_model(path, trt_dir, config.trt_precision, calibration_clips=calibration)
+        print(f"export: TF-TRT {config.trt_precision} SavedModel in {trt_dir}")
+    return 0
+
+
+def _calibration_clips(run_config, limit=32):
+    """float32 `[1, T, S, S, 3]` centre clips of the first `limit` validation videos (INT8 ranges)."""
+    from tsm_keras.data.pipeline import load_video_clips
+    from tsm_keras.predict import list_inputs
+
+    if not run_config.val_list:
+        raise ValueError("INT8 TF-TRT calibrates on validation videos: set --val_list (and --data_root).")
+    for path in list_inputs(run_config.val_list, run_config.data_root, run_config.frame_template)[:limit]:
+        clips = load_video_clips(path, run_config.num_segments, scale_size=run_config.scale_size,
+                                 image_size=run_config.image_size, frame_template=run_config.frame_template)
+        yield clips[:1].astype("float32")
+
+
+def _new_file(config, suffix):
+    os.makedirs(config.export_dir, exist_ok=True)
+    path = os.path.join(config.export_dir, suffix)
+    if os.path.exists(path):
+        raise FileExistsError(f"{path} exists; exports are never overwritten: remove it or choose another "
+                              f"--export_dir.")
+    return path
+
+
+def _parity_clip(model):
+    import numpy as np
+
+    from tsm_keras.export.saved_model import model_input_spec
+
+    num_segments, image_size = model_input_spec(model)
+    rng = np.random.default_rng(0)
+    return rng.uniform(0, 255, (1, num_segments, image_size, image_size, 3)).astype("float32")
+
+
+def _reference_logits(model, clips):
+    from tsm_keras.export.saved_model import ClipClassifier
+
+    return ClipClassifier(model)(clips).numpy()
+
+
+def _export_onnx(model, config):
+    import numpy as np
+
+    from tsm_keras.export.onnx import check_standard_ops, export_onnx, onnxruntime_session
+
+    path = _new_file(config, f"{model.name}.onnx")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        export_onnx(model, tmp)
+        ops = check_standard_ops(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    print(f"export: ONNX in {path}; input clips float32 [batch, T, S, S, 3] RGB 0-255 centre-cropped, outputs "
+          f"logits, probabilities; ops: {', '.join(ops)}")
+    try:
+        session = onnxruntime_session(path)
+    except ImportError:
+        print("  (onnxruntime not installed: parity not checked)")
+        return 0
+    clips = _parity_clip(model)
+    logits = session.run(["logits"], {"clips": clips})[0]
+    print(f"  onnxruntime vs Keras: max |logit diff| {float(np.abs(logits - _reference_logits(model, clips)).max()):.2e}")
+    return 0
+
+
+def _export_tflite(model, config):
+    import numpy as np
+
+    from tsm_keras.export.tflite import TFLiteRunner, export_tflite
+
+    path = _new_file(config, f"{model.name}_{config.tflite_quant}.tflite")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        export_tflite(model, tmp, config.tflite_quant)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    clips = _parity_clip(model)
+    logits = TFLiteRunner(path)(clips)["logits"]
+    diff = float(np.abs(logits - _reference_logits(model, clips)).max())
+    print(f"export: TFLite {config.tflite_quant} in {path} ({os.path.getsize(path) / 2**20:.1f} MiB); input clips "
+          f"float32 [1, T, S, S, 3] RGB 0-255 centre-cropped; max |logit diff| vs Keras {diff:.2e}")
+    return 0

@@ -37,29 +37,19 @@ METADATA_FILE = os.path.join("assets.extra", "tsm_export.json")
 
 
 def resize_and_center_crop(frames, scale_size, image_size):
-    """Evaluation geometry in TF ops: short side -> `scale_size`, centre crop `image_size`.
+    """Evaluation geometry in the graph: short side -> `scale_size`, centre crop `image_size`.
 
-    `frames`: `[batch, T, height, width, 3]` (any dtype, any height/width).
-    Returns float32 `[batch, T, image_size, image_size, 3]` on the input's value scale, rounded to
-    integers as the decoded uint8 frames of the evaluation pipeline are.
+    `frames`: uint8 `[batch, T, height, width, 3]`, any height/width. Returns float32
+    `[batch, T, image_size, image_size, 3]` RGB 0-255. The ops are the data pipeline's own
+    (`tsm_keras.data.augment`), so serving sees exactly the crops evaluation sees.
     """
+    from tsm_keras.data import augment
+
     shape = tf.shape(frames)
-    batch, time, height, width = shape[0], shape[1], shape[2], shape[3]
-    images = tf.reshape(frames, tf.stack([-1, height, width, 3]))
-    h = tf.cast(height, tf.float32)
-    w = tf.cast(width, tf.float32)
-    short = tf.minimum(h, w)
-    # Same arithmetic as the evaluation pipeline: the short side becomes scale_size, the long
-    # side int(scale_size * long / short) (truncated).
-    new_h = tf.where(h <= w, float(scale_size), tf.floor(float(scale_size) * h / short))
-    new_w = tf.where(h <= w, tf.floor(float(scale_size) * w / short), float(scale_size))
-    size = tf.cast(tf.stack([new_h, new_w]), tf.int32)
-    resized = tf.image.resize(images, size, method="bilinear")
-    resized = tf.clip_by_value(tf.round(resized), 0.0, 255.0)
-    top = tf.cast(tf.round((new_h - image_size) / 2.0), tf.int32)
-    left = tf.cast(tf.round((new_w - image_size) / 2.0), tf.int32)
-    cropped = resized[:, top:top + image_size, left:left + image_size, :]
-    return tf.reshape(cropped, tf.stack([batch, time, image_size, image_size, 3]))
+    images = tf.reshape(frames, tf.concat([[-1], shape[2:]], 0))
+    images = augment.center_crop(augment.resize_short_side(images, scale_size), image_size)
+    clips = tf.reshape(images, tf.stack([shape[0], shape[1], image_size, image_size, 3]))
+    return tf.cast(clips, tf.float32)
 
 
 class ClipClassifier:

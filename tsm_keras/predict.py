@@ -1,0 +1,332 @@
+"""Labels for videos: `--mode=predict` and the Python API `tsm_keras.load(...)`.
+
+    import tsm_keras
+    classifier = tsm_keras.load("saved_models/tsm")          # a SavedModel export, a run folder, .keras, ...
+    print(classifier.predict_video("clip.mp4")["predictions"][0])   # {"label": ..., "probability": ...}
+
+Videos are sampled and cropped exactly as evaluation does (`tsm_keras.data.load_video_clips`:
+segment centres, `test_clips` x `test_crops` views, logits averaged over the views), then
+softmax. A video that cannot be read is reported and the others go on.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp",
+                    ".ts")
+LIST_EXTENSIONS = (".txt", ".list", ".lst", ".csv")
+# Views per forward pass: bounds memory with 10 clips x 3 crops of ResNet-50.
+VIEW_CHUNK = 8
+
+
+class VideoClassifier:
+    """A trained TSM with its test-time preprocessing and label names (base of the two backends).
+
+    Attributes: `num_segments`, `image_size`, `scale_size`, `num_clips`, `num_crops`,
+    `label_names`, `top_k`, `frame_template`.
+    """
+
+    def __init__(self, num_segments, image_size, scale_size, label_names, num_clips=1, num_crops=1,
+                 top_k=5, frame_template="img_{:05d}.jpg", source=""):
+        self.num_segments = int(num_segments)
+        self.image_size = int(image_size)
+        self.scale_size = int(scale_size)
+        self.label_names = list(label_names)
+        self.num_clips = max(1, int(num_clips))
+        self.num_crops = max(1, int(num_crops))
+        self.top_k = int(top_k)
+        self.frame_template = frame_template
+        self.source = source
+        if self.scale_size < self.image_size:
+            raise ValueError(f"scale_size ({self.scale_size}) must be >= image_size ({self.image_size}).")
+
+    # -- backends implement these two
+    def clip_logits(self, clips):
+        """float32 `[n, T, S, S, 3]` RGB 0-255 centre-cropped clips -> float32 logits `[n, classes]`."""
+        raise NotImplementedError
+
+    def frames_logits(self, frames):
+        """uint8 `[batch, T, H, W, 3]` any H/W -> float32 logits `[batch, classes]` (serving preprocessing)."""
+        raise NotImplementedError
+
+    # -- public API
+    def predict_video(self, path, top_k=None):
+        """Top-k labels for one video file or frame folder.
+
+        Returns `{"video": path, "views": n, "predictions": [{"label", "index", "probability"}, ...],
+        "probabilities": float32 [classes]}`. Raises `BadSampleError` (a ValueError naming the file)
+        when it cannot be read.
+        """
+        views = self._load_views(path)
+        logits = np.concatenate([self.clip_logits(views[i:i + VIEW_CHUNK].astype(np.float32))
+                                 for i in range(0, len(views), VIEW_CHUNK)])
+        # Evaluation averages logits over the views (PaddleVideo and the official test script).
+        result = self._result(logits.mean(axis=0), top_k)
+        result = {"video": path, "views": int(len(views)), **result}
+        return result
+
+    def predict_frames(self, frames, top_k=None):
+        """Top-k labels for the decoded frames of one video.
+
+        `frames`: uint8 `[num_frames, height, width, 3]` RGB (any number of frames, any size). They
+        are sampled (segment centres, `num_clips`) and cropped like `predict_video`'s.
+        """
+        frames = _check_frames(frames, rank=4, what="predict_frames")
+        from tsm_keras.data import augment, sampling
+
+        indices = sampling.sample_test_clips(len(frames), self.num_segments, self.num_clips).reshape(-1)
+        views = augment.eval_views(frames[indices], self.num_clips, self.num_crops, self.scale_size,
+                                   self.image_size).numpy()
+        logits = np.concatenate([self.clip_logits(views[i:i + VIEW_CHUNK].astype(np.float32))
+                                 for i in range(0, len(views), VIEW_CHUNK)])
+        return {"views": int(len(views)), **self._result(logits.mean(axis=0), top_k)}
+
+    def predict_clips(self, clips, top_k=None):
+        """Top-k labels per clip for a batch of already-sampled clips, as the SavedModel's `serving_default`.
+
+        `clips`: uint8 `[batch, T, height, width, 3]` RGB, T = `num_segments`, any height/width
+        (short side resized to `scale_size`, centre crop `image_size`). Returns a list of results.
+        """
+        clips = _check_frames(clips, rank=5, what="predict_clips")
+        if clips.shape[1] != self.num_segments:
+            raise ValueError(f"predict_clips: clips have {clips.shape[1]} frames, the model takes "
+                             f"{self.num_segments}; use predict_frames for a whole video's frames.")
+        logits = self.frames_logits(clips)
+        return [self._result(row, top_k) for row in logits]
+
+    def _load_views(self, path):
+        load_video_clips = _data_loader()
+        return load_video_clips(path, self.num_segments, num_clips=self.num_clips, crops=self.num_crops,
+                                scale_size=self.scale_size, image_size=self.image_size,
+                                frame_template=self.frame_template)
+
+    def _result(self, logits, top_k):
+        logits = np.asarray(logits, np.float64)
+        probabilities = np.exp(logits - logits.max())
+        probabilities /= probabilities.sum()
+        k = min(int(top_k or self.top_k), len(probabilities))
+        order = np.argsort(-probabilities, kind="stable")[:k]
+        return {"predictions": [{"label": self.label_names[i], "index": int(i),
+                                 "probability": float(probabilities[i])} for i in order],
+                "probabilities": probabilities.astype(np.float32)}
+
+
+class KerasVideoClassifier(VideoClassifier):
+    """`VideoClassifier` over a Keras TSM model."""
+
+    def __init__(self, model, **kwargs):
+        import tensorflow as tf
+
+        from tsm_keras.export.saved_model import ClipClassifier, resize_and_center_crop
+
+        super().__init__(**kwargs)
+        self.model = model
+        classifier = ClipClassifier(model)
+        self._clips = tf.function(classifier, reduce_retracing=True)
+        scale_size, image_size = self.scale_size, self.image_size
+        self._frames = tf.function(lambda frames: classifier(resize_and_center_crop(frames, scale_size, image_size)),
+                                   reduce_retracing=True)
+
+    def clip_logits(self, clips):
+        return self._clips(clips).numpy()
+
+    def frames_logits(self, frames):
+        return self._frames(frames).numpy()
+
+
+class SavedModelVideoClassifier(VideoClassifier):
+    """`VideoClassifier` over a SavedModel written by `tsm_keras.export.saved_model` (no Keras needed)."""
+
+    def __init__(self, saved_model_dir, **kwargs):
+        import tensorflow as tf
+
+        from tsm_keras.export.saved_model import CLIPS_SIGNATURE, DEFAULT_SIGNATURE
+
+        self.loaded = tf.saved_model.load(saved_model_dir)
+        missing = [s for s in (DEFAULT_SIGNATURE, CLIPS_SIGNATURE) if s not in self.loaded.signatures]
+        if missing:
+            raise ValueError(f"{saved_model_dir}: SavedModel lacks signature(s) {missing}; export it with "
+                             f"`python app.py --mode=export`.")
+        self._clips = self.loaded.signatures[CLIPS_SIGNATURE]
+        self._frames = self.loaded.signatures[DEFAULT_SIGNATURE]
+        self._tf = tf
+        super().__init__(**kwargs)
+
+    def clip_logits(self, clips):
+        return self._clips(clips=self._tf.constant(clips, self._tf.float32))["logits"].numpy()
+
+    def frames_logits(self, frames):
+        probabilities = self._frames(frames=self._tf.constant(frames, self._tf.uint8))["probabilities"].numpy()
+        return np.log(np.maximum(probabilities, 1e-30))  # softmax(log p) == p
+
+
+def _check_frames(frames, rank, what):
+    array = np.asarray(frames)
+    if array.dtype != np.uint8:
+        raise TypeError(f"{what}: frames must be uint8 RGB 0-255, got {array.dtype}; convert 0-255 floats "
+                        f"with np.clip(x, 0, 255).astype(np.uint8) (and BGR from OpenCV with x[..., ::-1]).")
+    layout = "[num_frames, height, width, 3]" if rank == 4 else "[batch, T, height, width, 3]"
+    if array.ndim != rank or array.shape[-1] != 3:
+        raise ValueError(f"{what}: expected {layout}, got shape {tuple(array.shape)}.")
+    if array.shape[0] == 0 or 0 in array.shape[-3:-1]:
+        raise ValueError(f"{what}: empty frames, shape {tuple(array.shape)}.")
+    return array
+
+
+def _data_loader():
+    try:
+        from tsm_keras.data import load_video_clips
+    except ImportError:
+        from tsm_keras.data.pipeline import load_video_clips
+    return load_video_clips
+
+
+# ------------------------------------------------------------------------------------------ loading
+def is_saved_model(path):
+    """A SavedModel folder, or a versioned export folder with one below it."""
+    from tsm_keras.export.saved_model import resolve_saved_model_dir
+
+    if not path or not os.path.isdir(path):
+        return False
+    try:
+        resolve_saved_model_dir(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def load(path, config=None, num_clips=None, num_crops=None, top_k=None):
+    """A `VideoClassifier` from a SavedModel export (or its versioned folder), a training run folder
+    (`config.json` + weights), a `.keras`/`.weights.h5` file, or any checkpoint the converters read
+    (`.pdparams`, `.pth`).
+
+    `config` (a `tsm_keras.config.Config`) supplies test-time views, sizes and the label map for
+    Keras sources; a run folder's saved config.json wins for the network itself.
+    """
+    from tsm_keras.config import Config
+
+    config = config or Config()
+    num_clips = config.test_clips if num_clips is None else num_clips
+    num_crops = config.test_crops if num_crops is None else num_crops
+    top_k = int(top_k or config.top_k)
+    if not path:
+        raise ValueError("nothing to load: pass a SavedModel folder (--saved_model) or trained weights (--weights).")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such SavedModel, run folder or weights file.")
+    if is_saved_model(path):
+        from tsm_keras.export.saved_model import read_export_metadata, resolve_saved_model_dir
+
+        saved_model_dir = resolve_saved_model_dir(path)
+        metadata = read_export_metadata(saved_model_dir)
+        if metadata is None:
+            raise ValueError(f"{saved_model_dir}: no assets.extra/tsm_export.json; predict reads SavedModels written "
+                             f"by `python app.py --mode=export` (for others call their signatures directly).")
+        return SavedModelVideoClassifier(
+            saved_model_dir, num_segments=metadata["num_segments"], image_size=metadata["image_size"],
+            scale_size=metadata["scale_size"], label_names=metadata["label_names"], num_clips=num_clips,
+            num_crops=num_crops, top_k=top_k, frame_template=config.frame_template, source=saved_model_dir)
+    from tsm_keras.export import load_keras_model
+
+    model, run_config, label_names = load_keras_model(path, config)
+    model_config = model.get_config()
+    image_size = model_config.get("image_size") or run_config.image_size
+    if isinstance(image_size, (list, tuple)):
+        image_size = image_size[0]
+    return KerasVideoClassifier(
+        model, num_segments=model_config["num_segments"], image_size=image_size,
+        scale_size=run_config.scale_size, label_names=label_names, num_clips=num_clips, num_crops=num_crops,
+        top_k=top_k, frame_template=run_config.frame_template, source=path)
+
+
+# ------------------------------------------------------------------------------------------- inputs
+def list_inputs(spec, data_root="", frame_template="img_{:05d}.jpg"):
+    """Videos named by `--input`: a video file, a frame folder, a folder of videos/frame folders, or a
+    list file (one path per line; PaddleVideo's `path [num_frames] label` lines work, the numbers are
+    dropped; relative paths are joined to `data_root`)."""
+    from tsm_keras.data.decode import count_frame_files
+
+    if not spec:
+        raise ValueError("--input is empty: pass a video file, a folder of videos, or a list file.")
+    if os.path.isdir(spec):
+        if count_frame_files(spec, frame_template) > 0:
+            return [spec]
+        found = []
+        for name in sorted(os.listdir(spec)):
+            path = os.path.join(spec, name)
+            if name.startswith("."):
+                continue
+            if os.path.isdir(path) and count_frame_files(path, frame_template) > 0:
+                found.append(path)
+            elif os.path.isfile(path) and name.lower().endswith(VIDEO_EXTENSIONS):
+                found.append(path)
+        if not found:
+            raise ValueError(f"{spec}: no video files ({', '.join(VIDEO_EXTENSIONS)}) or frame folders "
+                             f"({frame_template.format(1)}, ...) in it.")
+        return found
+    if os.path.isfile(spec) and spec.lower().endswith(LIST_EXTENSIONS):
+        paths = []
+        with open(spec) as f:
+            for line in f:
+                fields = line.strip().split()
+                while len(fields) > 1 and fields[-1].lstrip("-").isdigit():
+                    fields.pop()
+                if not fields:
+                    continue
+                path = " ".join(fields)
+                paths.append(os.path.join(data_root, path) if data_root and not os.path.isabs(path) else path)
+        if not paths:
+            raise ValueError(f"{spec}: the list file names no video.")
+        return paths
+    return [spec]
+
+
+# --------------------------------------------------------------------------------------------- mode
+def predict(config):
+    """`--mode=predict`: top-k labels per video to stdout, and `--output` JSON lines.
+
+    Returns 0 when every video was classified, 1 when some could not be (they are reported and
+    skipped; the others are still classified).
+    """
+    source = config.saved_model or config.weights or config.model_dir
+    top_k = int(config.top_k)
+    classifier = load(source, config=config, top_k=top_k)
+    paths = list_inputs(config.input, config.data_root, classifier.frame_template)
+    output = config.output
+    sink = None
+    if output:
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        sink = open(output, "w")
+    failures = 0
+    try:
+        for path in paths:
+            try:
+                result = classifier.predict_video(path, top_k=top_k)
+            except (ValueError, OSError, RuntimeError) as error:
+                failures += 1
+                message = str(error) if path in str(error) else f"{path}: {error}"
+                print(f"error: {message}", file=sys.stderr, flush=True)
+                record = {"video": path, "error": message}
+            else:
+                print(format_result(result), flush=True)
+                record = {key: value for key, value in result.items() if key != "probabilities"}
+            if sink is not None:
+                sink.write(json.dumps(record) + "\n")
+                sink.flush()
+    finally:
+        if sink is not None:
+            sink.close()
+    done = len(paths) - failures
+    print(f"predict: {done}/{len(paths)} videos classified with {classifier.source}"
+          + (f", {failures} unreadable (see errors above)" if failures else "")
+          + (f"; JSON lines in {output}" if output else ""), flush=True)
+    return 1 if failures else 0
+
+
+def format_result(result):
+    lines = [f"{result['video']}  ({result['views']} view{'s' if result['views'] > 1 else ''})"]
+    for rank, prediction in enumerate(result["predictions"], 1):
+        lines.append(f"  {rank}. {prediction['probability']:.4f}  {prediction['label']}")
+    return "\n".join(lines)
