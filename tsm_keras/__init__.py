@@ -6,4 +6,13 @@ from tsm_keras.layers import FoldTime, FrameNormalization, SegmentConsensus, Tem
 from tsm_keras.models import TSM, build_tsm
 
 __all__ = ["FoldTime", "FrameNormalization", "SegmentConsensus", "TSM", "TemporalShift", "build_tsm",
-           "__version__"]
+           "load", "__version__"]
+
+
+def load(path, config=None, num_clips=None, num_crops=None, top_k=None):
+    """A video classifier with `.predict_video(path)` and `.predict_frames(frames)`, from a SavedModel
+    export, a training run folder, a `.keras` file or a converter source; see `tsm_keras.predict.load`.
+    (Imported on call: predict pulls in the data pipeline and OpenCV.)"""
+    from tsm_keras.predict import load as load_classifier
+
+    return load_classifier(path, config=config, num_clips=num_clips, num_crops=num_crops, top_k=top_k)
