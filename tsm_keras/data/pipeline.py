@@ -1,0 +1,341 @@
+"""The tf.data input pipeline: list or TFRecords -> sampled, decoded, augmented uint8 clips in batches.
+
+`build_dataset(config, split)` yields `(clips, labels)`:
+- clips uint8 `[batch, T, H, W, 3]` RGB 0-255 (the model normalizes itself), or with
+  `config.test_clips * config.test_crops > 1` on val/test `[batch, views, T, H, W, 3]`;
+- labels int32 `[batch]`.
+Train batches drop the remainder (static shapes for distribution); val/test keep every video.
+Bad samples (unreadable video, missing frame) are dropped and counted in `BAD_SAMPLES` under
+`on_bad_sample=skip`, or stop the pipeline naming the file under `fail`.
+"""
+
+import glob
+import json
+import logging
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tsm_keras.data import augment, decode, lists, sampling
+from tsm_keras.data.decode import BAD_SAMPLES, BadSampleError
+
+log = logging.getLogger(__name__)
+
+AUTOTUNE = tf.data.AUTOTUNE
+# Shuffle buffer for TFRecord elements (whole videos, ~MBs each); list entries are shuffled in full.
+TFRECORD_SHUFFLE_BUFFER = 64
+TFRECORD_CONTEXT = {
+    "label": tf.io.FixedLenFeature([], tf.int64),
+    "num_frames": tf.io.FixedLenFeature([], tf.int64),
+    "path": tf.io.FixedLenFeature([], tf.string, default_value=""),
+}
+TFRECORD_SEQUENCE = {"frames": tf.io.FixedLenSequenceFeature([], tf.string)}
+# Stands in for the frames of a bad sample until it is filtered out.
+_PLACEHOLDER_JPEG = tf.io.encode_jpeg(tf.zeros([8, 8, 3], tf.uint8)).numpy()
+
+
+def _is_training(split):
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+    return split == "train"
+
+
+def _views(config, training):
+    if training:
+        return 1, 1
+    return max(1, int(config.test_clips)), max(1, int(config.test_crops))
+
+
+def load_label_names(config):
+    """Class names, index i -> name: the label map, the synthetic classes, or "0".."num_classes-1"."""
+    if config.label_map:
+        return lists.read_label_map(config.label_map)
+    if config.data_format == "synthetic":
+        from tsm_keras.data.synthetic import SYNTHETIC_CLASSES
+        return list(SYNTHETIC_CLASSES)
+    return [str(i) for i in range(int(config.num_classes))]
+
+
+def _split_list(config, split):
+    path = config.train_list if split == "train" else config.val_list
+    if not path:
+        flag = "--train_list" if split == "train" else "--val_list"
+        raise lists.ListFileError(f"no list file for split {split!r}: pass {flag}=<list file>")
+    return path
+
+
+def resolve_lists(config):
+    """(config with data_format frames|videos and lists filled in, label names) for any data_format."""
+    if config.data_format == "synthetic":
+        from tsm_keras.data.synthetic import default_synthetic_root, ensure_synthetic_dataset
+        root = config.data_root or default_synthetic_root()
+        paths = ensure_synthetic_dataset(root)
+        config = config.replace(data_format="videos", data_root=root, train_list=paths["train_list"],
+                                val_list=paths["val_list"], label_map="")
+        return config, list(paths["classes"])
+    return config, load_label_names(config)
+
+
+def _plan(num_frames, num_segments, training, num_clips, rng):
+    """Frame indices of one element: [T] when training, [clips, T] otherwise."""
+    if training:
+        return sampling.sample_segment_indices(num_frames, num_segments, True, rng)
+    return sampling.sample_test_clips(num_frames, num_segments, num_clips)
+
+
+def _rng(rand):
+    return np.random.default_rng(int(rand) % (2 ** 63))
+
+
+def _skip_or_raise(error, policy):
+    if policy == "fail":
+        raise BadSampleError(error.path, f"{error.reason} (--on_bad_sample=fail; use skip to drop such samples)")
+    BAD_SAMPLES.record(error)
+
+
+def _frames_reader(template, num_segments, training, num_clips, policy):
+    """Python side of the frames format: sample indices, read the JPEG bytes (decoding stays in TF)."""
+    size = num_segments * num_clips
+
+    def read(frame_dir, num_frames, rand):
+        frame_dir = frame_dir.decode("utf-8")
+        try:
+            num_frames = int(num_frames)
+            if num_frames <= 0:
+                num_frames = decode.count_frame_files(frame_dir, template)
+                if num_frames <= 0:
+                    raise BadSampleError(frame_dir, "frame folder missing or empty")
+            indices = _plan(num_frames, num_segments, training, num_clips, _rng(rand)).reshape(-1)
+            paths = [decode.frame_path(frame_dir, template, i) for i in indices]
+            try:
+                data = decode.read_jpeg_files(paths)
+            except BadSampleError:
+                # The list's frame count may be wrong: plan again from the frames really present.
+                true_count = decode.count_frame_files(frame_dir, template)
+                if true_count <= 0 or true_count >= num_frames:
+                    raise
+                indices = _plan(true_count, num_segments, training, num_clips, _rng(rand)).reshape(-1)
+                data = decode.read_jpeg_files([decode.frame_path(frame_dir, template, i) for i in indices])
+            return np.array(data, dtype=object), np.bool_(True)
+        except BadSampleError as error:
+            _skip_or_raise(error, policy)
+            return np.array([_PLACEHOLDER_JPEG] * size, dtype=object), np.bool_(False)
+
+    return read
+
+
+def _video_reader(num_segments, training, num_clips, policy):
+    """Python side of the videos format: OpenCV decodes only the sampled frames."""
+    size = num_segments * num_clips
+
+    def read(path, rand):
+        path = path.decode("utf-8")
+        rng_seed = int(rand)
+        try:
+            frames, _ = decode.decode_video(
+                path, lambda n: _plan(n, num_segments, training, num_clips, _rng(rng_seed)).reshape(-1))
+            return frames, np.bool_(True)
+        except BadSampleError as error:
+            _skip_or_raise(error, policy)
+            return np.zeros([size, 8, 8, 3], np.uint8), np.bool_(False)
+
+    return read
+
+
+def _index_planner(num_segments, training, num_clips, policy):
+    """Python side of the TFRecord format: indices into the stored frames."""
+    size = num_segments * num_clips
+
+    def plan(num_frames, path, rand):
+        num_frames = int(num_frames)
+        if num_frames <= 0:
+            _skip_or_raise(BadSampleError(path.decode("utf-8"), "TFRecord element has no frames"), policy)
+            return np.full([size], -1, np.int64), np.bool_(False)
+        return _plan(num_frames, num_segments, training, num_clips, _rng(rand)).reshape(-1), np.bool_(True)
+
+    return plan
+
+
+def _is_good(clip, label, ok):
+    del clip, label
+    return ok
+
+
+def _drop_flag(clip, label, ok):
+    del ok
+    return clip, label
+
+
+def _seed_pair(rand):
+    return tf.stack([tf.cast(rand, tf.int64), tf.constant(0x5EED, tf.int64)])
+
+
+def _train_clip_from_jpegs(jpegs, num_segments, image_size, flip, seed):
+    """[T] JPEG strings -> [T, S, S, 3] uint8: decode only the MultiScaleCrop window of each frame."""
+    shape = tf.image.extract_jpeg_shape(jpegs[0])
+    window = tf.stack(augment.multi_scale_crop_window(shape[0], shape[1], image_size, seed))
+    frames = tf.stack([tf.io.decode_and_crop_jpeg(jpegs[t], window, channels=3) for t in range(num_segments)])
+    clip = augment.resize_frames(frames, image_size, image_size)
+    return augment.random_flip(clip, seed) if flip else clip
+
+
+def _train_clip_from_frames(frames, image_size, flip, seed):
+    clip = augment.multi_scale_crop(frames, image_size, seed)
+    return augment.random_flip(clip, seed) if flip else clip
+
+
+def _eval_clip(frames, config, num_clips, num_crops):
+    views = augment.eval_views(frames, num_clips, num_crops, config.scale_size, config.image_size)
+    return views[0] if num_clips * num_crops == 1 else views
+
+
+def _tfrecord_files(config, split):
+    name = "train" if split == "train" else "val"
+    folder = config.tfrecord_dir
+    files = sorted(glob.glob(os.path.join(folder, f"{name}-*-of-*.tfrecord")))
+    manifest_path = os.path.join(folder, "manifest.json")
+    if os.path.isfile(manifest_path):
+        with open(manifest_path) as f:
+            expected = json.load(f).get(name, {}).get("num_shards")
+        if expected is not None and len(files) != expected:
+            raise FileNotFoundError(f"{folder}: {len(files)} of {expected} {name} shards present; rerun "
+                                    "--mode=tfrecords to finish the conversion")
+    if not files:
+        raise FileNotFoundError(f"no {name}-*-of-*.tfrecord shards in {folder!r}: convert first with "
+                                f"python app.py --mode=tfrecords --tfrecord_dir={folder} ...")
+    return files
+
+
+def build_dataset(config, split, *, batch_size=None, shuffle=None, repeat=False, num_shards=1, shard_index=0,
+                  seed=None):
+    """tf.data.Dataset of `(clips uint8 [batch, T, H, W, 3] or [batch, views, T, H, W, 3], labels int32 [batch])`.
+
+    Args:
+      config: `tsm_keras.config.Config` (data_format, data_root, train_list/val_list, label_map,
+        num_segments, image_size, scale_size, frame_template, on_bad_sample, tfrecord_dir, flip,
+        test_clips, test_crops, seed, batch_size).
+      split: "train" (random segment sampling, MultiScaleCrop, flip if config.flip) or "val"/"test"
+        (segment centres, short side to scale_size, centre or three crops).
+      batch_size: default config.batch_size; None-able for unbatched elements with batch_size=0.
+      shuffle: default True for train. repeat: repeat forever.
+      num_shards, shard_index: this input pipeline's share (one per worker).
+      seed: default config.seed; the same seed gives the same clips in the same order.
+    """
+    training = _is_training(split)
+    if config.on_bad_sample not in ("skip", "fail"):
+        raise ValueError(f"on_bad_sample must be 'skip' or 'fail', got {config.on_bad_sample!r}")
+    batch_size = config.batch_size if batch_size is None else batch_size
+    shuffle = training if shuffle is None else shuffle
+    seed = int(config.seed if seed is None else seed)
+    num_segments = int(config.num_segments)
+    num_clips, num_crops = _views(config, training)
+    size = num_segments * num_clips
+    policy = config.on_bad_sample
+
+    if config.data_format == "tfrecord":
+        files = _tfrecord_files(config, split)
+        dataset = tf.data.Dataset.from_tensor_slices(files)
+        shard_files = len(files) >= num_shards
+        if shard_files and num_shards > 1:
+            dataset = dataset.shard(num_shards, shard_index)
+        if shuffle:
+            dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8), block_length=1,
+                                     num_parallel_calls=AUTOTUNE, deterministic=True)
+        if not shard_files and num_shards > 1:
+            dataset = dataset.shard(num_shards, shard_index)
+        if shuffle:
+            dataset = dataset.shuffle(TFRECORD_SHUFFLE_BUFFER, seed=seed + 1, reshuffle_each_iteration=True)
+    else:
+        config, label_names = resolve_lists(config)
+        records = lists.read_list(_split_list(config, split), config.data_format, config.data_root,
+                                  num_classes=len(label_names))
+        dataset = tf.data.Dataset.from_tensor_slices((
+            tf.constant([r.path for r in records]),
+            tf.constant([r.num_frames for r in records], tf.int64),
+            tf.constant([r.label for r in records], tf.int32)))
+        if num_shards > 1:
+            dataset = dataset.shard(num_shards, shard_index)
+        if shuffle:
+            dataset = dataset.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
+
+    # One random int64 per element, new every epoch, drives both the frame sampling and the crop.
+    dataset = tf.data.Dataset.zip((dataset, tf.data.Dataset.random(seed=seed + 2, rerandomize_each_iteration=True)))
+    if repeat:
+        dataset = dataset.repeat()
+
+    if config.data_format == "tfrecord":
+        planner = _index_planner(num_segments, training, num_clips, policy)
+
+        def load(serialized, rand):
+            context, sequence = tf.io.parse_single_sequence_example(serialized, TFRECORD_CONTEXT, TFRECORD_SEQUENCE)
+            indices, ok = tf.numpy_function(planner, [context["num_frames"], context["path"], rand],
+                                            [tf.int64, tf.bool], stateful=False)
+            jpegs = tf.concat([sequence["frames"], [_PLACEHOLDER_JPEG]], 0)
+            indices = tf.where(indices < 0, tf.cast(tf.shape(jpegs)[0] - 1, tf.int64), indices)
+            jpegs = tf.reshape(tf.gather(jpegs, indices), [size])
+            return _from_jpegs(jpegs, tf.cast(context["label"], tf.int32), tf.reshape(ok, []), rand)
+    elif config.data_format == "frames":
+        reader = _frames_reader(config.frame_template, num_segments, training, num_clips, policy)
+
+        def load(element, rand):
+            path, num_frames, label = element
+            jpegs, ok = tf.numpy_function(reader, [path, num_frames, rand], [tf.string, tf.bool], stateful=False)
+            return _from_jpegs(tf.reshape(jpegs, [size]), label, tf.reshape(ok, []), rand)
+    elif config.data_format == "videos":
+        reader = _video_reader(num_segments, training, num_clips, policy)
+
+        def load(element, rand):
+            path, _, label = element
+            frames, ok = tf.numpy_function(reader, [path, rand], [tf.uint8, tf.bool], stateful=False)
+            frames = tf.ensure_shape(frames, [size, None, None, 3])
+            if training:
+                clip = _train_clip_from_frames(frames, config.image_size, config.flip, _seed_pair(rand))
+            else:
+                clip = _eval_clip(frames, config, num_clips, num_crops)
+            return clip, label, tf.reshape(ok, [])
+    else:
+        raise ValueError(f"data_format must be frames, videos, tfrecord or synthetic, got {config.data_format!r}")
+
+    def _from_jpegs(jpegs, label, ok, rand):
+        if training:
+            clip = _train_clip_from_jpegs(jpegs, num_segments, config.image_size, config.flip, _seed_pair(rand))
+        else:
+            frames = tf.stack([tf.io.decode_jpeg(jpegs[i], channels=3) for i in range(size)])
+            clip = _eval_clip(frames, config, num_clips, num_crops)
+        return clip, label, ok
+
+    dataset = dataset.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if policy == "skip":
+        # Last line of defence for data the Python checks cannot see (a corrupt JPEG body).
+        dataset = dataset.ignore_errors(log_warning=True)
+    dataset = dataset.filter(_is_good).map(_drop_flag)
+    if batch_size:
+        dataset = dataset.batch(batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE,
+                                deterministic=True)
+    options = tf.data.Options()
+    options.deterministic = True
+    return dataset.with_options(options).prefetch(AUTOTUNE)
+
+
+def load_video_clips(path, num_segments, num_clips=1, crops=1, scale_size=256, image_size=224,
+                     frame_template="img_{:05d}.jpg"):
+    """Test-time views of one video file or frame folder: uint8 numpy [views, T, image_size, image_size, 3].
+
+    The same segment-centre sampling and crops as evaluation (`build_dataset(config, "test")`), views
+    ordered clip-major. Raises BadSampleError (a ValueError) naming the file when it cannot be read.
+    """
+    def plan(n):
+        return sampling.sample_test_clips(n, num_segments, num_clips).reshape(-1)
+
+    if os.path.isdir(path):
+        count = decode.count_frame_files(path, frame_template)
+        if count <= 0:
+            raise BadSampleError(path, f"no frame files {frame_template.format(1)}, ... in the folder")
+        jpegs = decode.read_jpeg_files([decode.frame_path(path, frame_template, i) for i in plan(count)])
+        frames = tf.stack([tf.io.decode_jpeg(j, channels=3) for j in jpegs])
+    else:
+        frames, _ = decode.decode_video(path, plan)
+    views = augment.eval_views(tf.convert_to_tensor(frames), num_clips, crops, scale_size, image_size)
+    return views.numpy()

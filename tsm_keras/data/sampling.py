@@ -1,0 +1,64 @@
+"""Which frames of a video make a clip: pure numpy functions, 0-based frame indices.
+
+The TSN/TSM rules are PaddleVideo's `Sampler(select_left=True)` (the same as the official TSM
+`TSNDataSet`): the video is split into `num_segments` equal segments;
+- train: one random frame per segment (`i * (n // T) + randint(n // T)`); a video shorter than
+  `num_segments` frames gives frame 0 repeated, as the references do;
+- test: the centre of each segment, `int(d / 2 + d * i)` with `d = n / T`, when `n > T`; else frame 0.
+Frame-list files are 1-based on disk: add 1 to these indices to name a file.
+"""
+
+import numpy as np
+
+# ppTSM dense sampling: T frames spread over a 64-frame window, 10 windows at test time.
+DENSE_WINDOW = 64
+DENSE_TEST_CLIPS = 10
+
+
+def sample_segment_indices(num_frames, num_segments, training, rng=None):
+    """[num_segments] int64 frame indices of one clip (PaddleVideo `Sampler(select_left=True)`)."""
+    n, t = int(num_frames), int(num_segments)
+    if n <= 0:
+        raise ValueError(f"cannot sample a clip from a video with {n} frames")
+    if training:
+        rng = rng if rng is not None else np.random.default_rng()
+        average = n // t
+        if average > 0:
+            return np.arange(t, dtype=np.int64) * average + rng.integers(average, size=t)
+        return np.zeros(t, dtype=np.int64)
+    return sample_test_clips(n, t, 1)[0]
+
+
+def sample_test_clips(num_frames, num_segments, num_clips):
+    """[num_clips, num_segments] int64 indices: clip k takes offset (k + 0.5) / num_clips in each segment.
+
+    With one clip this is PaddleVideo's validation centre `int(d / 2 + d * i)`; with N clips the N
+    offsets are spread evenly inside each segment so that the clips see different frames.
+    """
+    n, t = int(num_frames), int(num_segments)
+    if n <= 0:
+        raise ValueError(f"cannot sample a clip from a video with {n} frames")
+    if n <= t:
+        return np.zeros((num_clips, t), dtype=np.int64)
+    duration = n / t
+    clips = [[int(duration * (k + 0.5) / num_clips + duration * i) for i in range(t)] for k in range(num_clips)]
+    return np.asarray(clips, dtype=np.int64)
+
+
+def sample_dense_indices(num_frames, num_segments, training, rng=None, num_clips=DENSE_TEST_CLIPS):
+    """ppTSM dense sampling: T frames with stride 64 // T from a 64-frame window, wrapping short videos.
+
+    Returns [num_segments] indices when training (random window start), else [num_clips, num_segments]
+    with window starts `linspace(0, n - 64, num_clips)` as PaddleVideo's `Sampler(dense_sample=True)`.
+    """
+    n, t = int(num_frames), int(num_segments)
+    if n <= 0:
+        raise ValueError(f"cannot sample a clip from a video with {n} frames")
+    sample_positions = max(1, 1 + n - DENSE_WINDOW)
+    stride = DENSE_WINDOW // t
+    if training:
+        rng = rng if rng is not None else np.random.default_rng()
+        start = 0 if sample_positions == 1 else int(rng.integers(0, sample_positions - 1))
+        return (np.arange(t, dtype=np.int64) * stride + start) % n
+    starts = np.linspace(0, sample_positions - 1, num=num_clips, dtype=int)
+    return np.stack([(np.arange(t, dtype=np.int64) * stride + s) % n for s in starts])
