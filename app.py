@@ -16,6 +16,11 @@ QUICKSTART = os.path.join(HERE, "flags", "quickstart.flags")
 # dependencies load only when it runs.
 MODES = {
     "summary": "tsm_keras.models.summary:print_summary",
+    "train": "tsm_keras.training.loop:train_mode",
+    "eval": "tsm_keras.evaluation:eval_mode",
+    "convert": "tsm_keras.convert:convert_from_config",
+    "export": "tsm_keras.export:export_from_config",
+    "predict": "tsm_keras.predict:predict",
 }
 
 F = flags.FLAGS
@@ -47,6 +52,21 @@ flags.DEFINE_enum("shift_place", "blockres", ["blockres", "block"], "Where the s
 flags.DEFINE_float("dropout", 0.5, "Dropout before the classifier.")
 flags.DEFINE_string("pretrained", "", "Initial weights (ImageNet or K400), any format the converters read.")
 flags.DEFINE_string("weights", "", "Trained weights for eval/predict/export: model_dir, .keras or a converter source.")
+flags.DEFINE_string("source", "", "--mode=convert: .pdparams, .pth/.pth.tar, keras.applications .h5, .keras or .weights.h5.")
+flags.DEFINE_string("output", "", "--mode=convert: where to write, OUT.keras (whole model) or OUT.weights.h5; "
+                    "--mode=predict: JSON lines file (preds.jsonl).")
+
+# Export and predict.
+flags.DEFINE_string("export_dir", "saved_models/tsm", "--mode=export: versioned folder (<export_dir>/<version>/); "
+                    "ONNX/TFLite write <export_dir>/<name>.onnx|.tflite.")
+flags.DEFINE_enum("export_format", "saved_model", ["saved_model", "onnx", "tflite"], "--mode=export: artefact kind.")
+flags.DEFINE_enum("tflite_quant", "float32", ["float32", "float16", "dynamic_int8"], "TFLite weights: float32, "
+                  "float16, or dynamic-range int8.")
+flags.DEFINE_enum("trt_precision", "", ["", "FP32", "FP16", "INT8"], "--mode=export: also convert the SavedModel "
+                  "with TF-TRT (needs TensorFlow built with TensorRT; INT8 calibrates on --val_list).")
+flags.DEFINE_integer("top_k", 5, "Labels reported per video (predict) and in the SavedModel's top_k outputs.")
+flags.DEFINE_string("input", "", "--mode=predict: a video file, a frame folder, a folder of videos, or a list file.")
+flags.DEFINE_string("saved_model", "", "--mode=predict: a SavedModel export (or its versioned folder) instead of --weights.")
 
 # Optimization.
 flags.DEFINE_integer("batch_size", 128, "Global batch size (split across replicas).")
@@ -57,6 +77,10 @@ flags.DEFINE_list("lr_values", ["0.02", "0.002", "0.0002"], "Learning rates betw
 flags.DEFINE_float("momentum", 0.9, "Momentum.")
 flags.DEFINE_float("weight_decay", 1e-4, "L2 decay on conv and FC kernels (g + wd * w).")
 flags.DEFINE_float("clip_norm", 20.0, "Global gradient norm clip (0 = off).")
+flags.DEFINE_integer("lr_batch_size", 128, "Global batch the lr values are for; lr scales by batch_size/this (0 = off).")
+flags.DEFINE_enum("lr_schedule", "piecewise", ["piecewise", "cosine"], "Learning-rate schedule by epoch.")
+flags.DEFINE_float("warmup_epochs", 0.0, "Linear lr warmup epochs (0 = none, as PaddleVideo's TSM).")
+flags.DEFINE_float("fc_weight_decay", 1e-4, "L2 decay on the FC kernel (PaddleVideo TSMHead's own).")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 
 # Execution.
@@ -64,6 +88,10 @@ flags.DEFINE_enum("strategy", "auto", ["auto", "one_device", "mirrored", "multi_
 flags.DEFINE_enum("precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16"], "Precision policy.")
 flags.DEFINE_boolean("amp", False, "PaddleVideo's alias for --precision=mixed_float16.")
 flags.DEFINE_boolean("validate", False, "Evaluate after each epoch.")
+flags.DEFINE_integer("steps_per_epoch", 0, "Training steps per epoch (0 = one pass over the list).")
+flags.DEFINE_integer("checkpoint_every", 500, "Checkpoint every N steps (and at each epoch end; 0 = epoch ends only).")
+flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept (plus the best by validation top-1).")
+flags.DEFINE_boolean("deterministic", False, "Deterministic ops (bit-identical reruns and resumes; slower).")
 
 
 def _lists(config):
@@ -79,6 +107,8 @@ def main(argv):
     config = _lists(config_from_flags(F))
     if F.amp:
         config = config.replace(precision="mixed_float16")
+    if F["lr_values"].present and not F["lr"].present:
+        config = config.replace(lr=config.lr_values[0])  # --lr rescales --lr_values only when given
     module_name, function_name = MODES[config.mode].split(":")
     module = __import__(module_name, fromlist=[function_name])
     return getattr(module, function_name)(config)

@@ -41,6 +41,19 @@ class Config:
     pretrained: str = ""
     weights: str = ""
 
+    # Convert (--mode=convert): a PaddleVideo / official PyTorch / keras.applications file -> .keras or .weights.h5.
+    source: str = ""
+    output: str = ""
+
+    # Export and predict (--mode=export / --mode=predict; --output is shared: predict writes JSON lines there).
+    export_dir: str = "saved_models/tsm"
+    export_format: str = "saved_model"  # saved_model | onnx | tflite
+    tflite_quant: str = "float32"  # float32 | float16 | dynamic_int8
+    trt_precision: str = ""  # "" (no TF-TRT) | FP32 | FP16 | INT8
+    top_k: int = 5
+    input: str = ""
+    saved_model: str = ""
+
     # Optimization (PaddleVideo tsm_k400: piecewise lr by epoch for a global batch of 128).
     batch_size: int = 128
     epochs: int = 50
@@ -50,12 +63,21 @@ class Config:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     clip_norm: float = 20.0
+    # lr_values are for this global batch; lr scales linearly with batch_size / lr_batch_size (0 = off).
+    lr_batch_size: int = 128
+    lr_schedule: str = "piecewise"  # piecewise | cosine
+    warmup_epochs: float = 0.0
+    fc_weight_decay: float = 1e-4  # PaddleVideo TSMHead's own L2Decay on the FC kernel
     seed: int = 0
 
     # Execution.
     strategy: str = "auto"  # auto | one_device | mirrored | multi_worker
     precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
     validate: bool = False
+    steps_per_epoch: int = 0  # 0 = one pass over the training list
+    checkpoint_every: int = 500  # steps; 0 = only at epoch ends
+    keep_checkpoints: int = 3
+    deterministic: bool = False  # tf.config.experimental.enable_op_determinism (bit-exact resume)
 
     extra: dict = dataclasses.field(default_factory=dict)
 

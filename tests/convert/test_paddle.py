@@ -1,0 +1,115 @@
+"""PaddleVideo .pdparams -> TSM: logits match PaddleVideo's own ResNetTSM(50) + TSM head.
+
+Needs paddlepaddle and ppvideo (pip install --no-deps ppvideo==2.3.1); reading .pdparams does not.
+"""
+
+import importlib.util
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tsm_keras.convert import ConversionError, detect_format, load_model_from_source
+from tsm_keras.convert.paddle import convert_paddle_state, read_pdparams
+
+NUM_SEG, CLASSES, SIZE = 8, 7, 64
+REFERENCE_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paddle_reference.py")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """A randomized PaddleVideo ResNetTSM(50) + Linear head saved in each key style, a random clip and
+    PaddleVideo's logits for it: made in a subprocess (paddle segfaults when imported after TensorFlow)."""
+    if importlib.util.find_spec("paddle") is None or importlib.util.find_spec("ppvideo") is None:
+        pytest.skip("needs paddlepaddle and ppvideo (pip install --no-deps ppvideo==2.3.1)")
+    folder = tmp_path_factory.mktemp("pdparams")
+    run = subprocess.run([sys.executable, REFERENCE_SCRIPT, str(folder), str(NUM_SEG), str(CLASSES), str(SIZE)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    saved = np.load(folder / "reference.npz")
+    files = {style: str(folder / f"{style}.pdparams")
+             for style in ("structured", "structured_no_prefix", "parameter_names", "backbone_only")}
+    return dict(clip=saved["clip"], logits=saved["logits"], files=files,
+                params=read_pdparams(files["parameter_names"]))
+
+
+def keras_logits(model, clip):
+    frames = np.transpose(clip, (0, 1, 3, 4, 2))  # NTCHW -> NTHWC
+    return np.asarray(model(frames, training=False))
+
+
+@pytest.mark.parametrize("style", ["structured", "structured_no_prefix", "parameter_names"])
+def test_logits_match_paddlevideo(reference, style):
+    path = reference["files"][style]
+    assert detect_format(path) == "paddle"
+    model = load_model_from_source(path, num_segments=NUM_SEG)
+    assert (model.convention, model.num_classes, model.backbone) == ("paddle", CLASSES, "resnet50")
+    assert model.image_size is None and not model.normalize_input
+    got = keras_logits(model, reference["clip"])
+    want = reference["logits"]
+    delta = float(np.max(np.abs(got - want)))
+    scale = float(np.max(np.abs(want)))
+    print(f"paddle {style}: max|dlogit| = {delta:.3g} abs, {delta / scale:.3g} relative (max|logit| {scale:.3g})")
+    assert delta <= 1e-4 * scale
+
+
+def test_backbone_only_leaves_head_and_needs_num_classes(reference):
+    path = reference["files"]["backbone_only"]
+    with pytest.raises(ConversionError, match="num_classes"):
+        load_model_from_source(path)
+    model = load_model_from_source(path, num_classes=5, num_segments=NUM_SEG)
+    kernel, bias = model.get_layer("fc").get_weights()
+    assert kernel.shape == (2048, 5) and not bias.any() and 0 < kernel.std() < 0.01  # N(0, 0.001) init
+
+
+def test_head_class_count_mismatch(reference):
+    path = reference["files"]["structured"]
+    with pytest.raises(ConversionError, match=f"{CLASSES} classes.*num_classes={CLASSES}"):
+        load_model_from_source(path, num_classes=3, num_segments=NUM_SEG)
+    model = load_model_from_source(path, num_classes=3, num_segments=NUM_SEG, skip_mismatched_head=True)
+    assert model.get_layer("fc").get_weights()[0].shape == (2048, 3)
+
+
+def test_pdparams_read_without_paddle(reference, monkeypatch):
+    """Plain pickle reads the file: hide paddle and read it anyway."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "paddle", None)
+    state = read_pdparams(reference["files"]["parameter_names"])
+    assert set(state) == set(reference["params"])
+    assert all(isinstance(v, np.ndarray) for v in state.values())
+
+
+def test_unknown_missing_and_shape_errors(reference, tmp_path):
+    state = dict(reference["params"])
+    with pytest.raises(ConversionError, match="extra_thing"):
+        convert_paddle_state(dict(state, extra_thing=np.zeros(3, np.float32)))
+    with pytest.raises(ConversionError, match="bn2a_branch2a"):
+        convert_paddle_state({k: v for k, v in state.items() if k != "bn2a_branch2a_mean"})
+
+    from tsm_keras.convert.converted import assign_converted
+    from tsm_keras.models import build_tsm
+
+    model = build_tsm(CLASSES, num_segments=NUM_SEG, convention="paddle")
+    missing = {k: v for k, v in state.items() if k != "res5c_branch2b_weights"}
+    with pytest.raises(ConversionError, match="no weights in the file: res5c_branch2b"):
+        assign_converted(model, convert_paddle_state(missing))
+    with pytest.raises(ConversionError, match=r"blocks per stage \(3, 4, 6, 2\)"):
+        convert_paddle_state({k: v for k, v in state.items() if not k.startswith(("res5c_", "bn5c_"))})
+    wrong = dict(state, res2a_branch2b_weights=np.zeros((64, 64, 1, 1), np.float32))
+    with pytest.raises(ConversionError, match="res2a_branch2b"):
+        assign_converted(model, convert_paddle_state(wrong))
+    tsm_model = build_tsm(CLASSES, num_segments=NUM_SEG)  # convention "tsm": would compute something else
+    with pytest.raises(ConversionError, match="convention='paddle'"):
+        assign_converted(tsm_model, convert_paddle_state(state))
+
+
+def test_refuses_pickled_code(tmp_path):
+    path = tmp_path / "evil.pdparams"
+    with open(path, "wb") as f:
+        pickle.dump({"x": os.getcwd}, f)
+    with pytest.raises(ConversionError, match="refusing to unpickle"):
+        read_pdparams(str(path))

@@ -1,0 +1,282 @@
+"""Bring your weights: PaddleVideo `.pdparams`, official PyTorch `.pth`/`.pth.tar`, keras.applications
+ResNet `.h5`, and this project's own `.keras` / `.weights.h5`, detected by content and extension.
+
+    model = load_model_from_source("TSM_k400.pdparams")                # a ready TSM model
+    model = load_model_from_source("ucf101.pdparams", num_classes=101, num_segments=16)
+    init_from_pretrained(model, "ResNet50_pretrain.pdparams")          # training: head skipped if it differs
+    load_weights_into(model, "TSM_kinetics_RGB_resnet50_shift8_blockres_avg_segment8_e50.pth")
+
+Converted models take float frames `[batch, T, H, W, 3]` of any size, normalized as
+`model.input_convention` says (`"imagenet"`: RGB, (x - mean) / std on the 0-255 scale; `"caffe"`
+for keras.applications weights: BGR, mean subtraction, no std); pass `normalize_input=True` to
+have the model take raw 0-255 RGB frames and normalize them itself.
+"""
+
+import os
+import zipfile
+
+from tsm_keras.convert.converted import (STRUCTURAL_KEYS, ConversionError, ConvertedWeights, assign_converted,
+                                         converted_from_model)
+
+__all__ = ["ConversionError", "ConvertedWeights", "FORMATS", "build_model_from_source", "convert_from_config",
+           "detect_format", "init_from_pretrained", "load_model_from_source", "load_weights_into",
+           "read_checkpoint", "source_build_kwargs"]
+
+FORMATS = {
+    "keras": ".keras model from this project (architecture + weights)",
+    "keras-weights": ".weights.h5 saved from this project's model (needs the same architecture arguments)",
+    "paddle": "PaddleVideo .pdparams (structured or parameter names)",
+    "pytorch": "official TSM PyTorch .pth / .pth.tar (needs torch)",
+    "keras-applications": "keras.applications ResNet50/101 .h5",
+}
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+# torch.save's legacy (non-zip) files start by pickling this magic number (protocol 2, a long).
+_TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+
+
+def detect_format(path):
+    """One of FORMATS' keys, from the file's content (and its extension for pickles)."""
+    if not os.path.exists(path):
+        raise ConversionError(f"{path}: no such file.")
+    if os.path.isdir(path):
+        raise ConversionError(f"{path} is a folder; pass a weights file ({', '.join(FORMATS.values())}).")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    lower = path.lower()
+    if head.startswith(_HDF5_MAGIC):
+        return _detect_hdf5(path)
+    if head.startswith(b"PK\x03\x04"):
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        if "config.json" in names and "model.weights.h5" in names:
+            return "keras"
+        if any(name.endswith("data.pkl") for name in names):
+            return "pytorch"
+        raise ConversionError(f"{path}: a zip archive that is neither a .keras model nor a torch.save file.")
+    if head.startswith(_TORCH_LEGACY_MAGIC) or (head[:1] == b"\x80" and lower.endswith((".pth", ".pth.tar", ".pt"))):
+        return "pytorch"
+    if head[:1] == b"\x80":
+        return "paddle"
+    raise ConversionError(f"{path}: unknown weights format (not HDF5, zip or pickle). Accepted: "
+                          + "; ".join(FORMATS.values()) + ".")
+
+
+def _detect_hdf5(path):
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        group = f["model_weights"] if "model_weights" in f else f
+        if "layer_names" in group.attrs:
+            names = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs["layer_names"]]
+            if "conv1_conv" in names:
+                return "keras-applications"
+            raise ConversionError(f"{path}: a legacy Keras HDF5 file whose layers ({', '.join(names[:5])} ...) "
+                                  "are not a keras.applications ResNet.")
+        if "layers" in f:
+            convs = [n for n in f["layers"] if n.startswith("conv2d")]
+            if convs and "vars/1" in f["layers"][convs[0]]:  # convs with bias: keras.applications
+                return "keras-applications"
+            return "keras-weights"
+    raise ConversionError(f"{path}: an HDF5 file that holds no Keras weights.")
+
+
+def read_checkpoint(path, fmt=None):
+    """Any source except `keras-weights` -> ConvertedWeights (arrays in Keras layout, our layer names)."""
+    fmt = fmt or detect_format(path)
+    if fmt == "paddle":
+        from tsm_keras.convert.paddle import convert_paddle_state, read_pdparams
+
+        return convert_paddle_state(read_pdparams(path), source=path)
+    if fmt == "pytorch":
+        from tsm_keras.convert.pytorch import convert_torch_state, read_torch_checkpoint
+
+        return convert_torch_state(read_torch_checkpoint(path), source=path)
+    if fmt == "keras-applications":
+        from tsm_keras.convert.keras_applications import convert_keras_applications, read_keras_applications_h5
+
+        return convert_keras_applications(read_keras_applications_h5(path), source=path)
+    if fmt == "keras":
+        return converted_from_model(_load_keras(path), source=path)
+    raise ConversionError(f"{path}: a {FORMATS.get(fmt, fmt)} cannot be read on its own; load it into a model "
+                          "built with the same arguments (load_weights_into / load_model_from_source).")
+
+
+def source_build_kwargs(path):
+    """The build_tsm arguments a file's weights imply (e.g. `convention="paddle"`); `{}` for .weights.h5."""
+    fmt = detect_format(path)
+    return {} if fmt == "keras-weights" else dict(read_checkpoint(path, fmt).build)
+
+
+def load_weights_into(model, path, skip_mismatched_head=False, strict_build=True):
+    """Set the weights of any supported file into an existing TSM model; returns the messages.
+
+    Raises ConversionError (missing/unknown layers listed, shape or head mismatches, a model built
+    with another shift/input convention when `strict_build`).
+    """
+    fmt = detect_format(path)
+    if fmt == "keras-weights":
+        source = _load_own_weights(path, model.get_config())
+        return assign_converted(model, converted_from_model(source, path), skip_mismatched_head, strict_build)
+    return assign_converted(model, read_checkpoint(path, fmt), skip_mismatched_head, strict_build)
+
+
+def init_from_pretrained(model, path, skip_mismatched_head=True):
+    """`--pretrained` in training: any supported file; a head of another class count is skipped,
+    and a different shift/input convention is reported rather than refused (fine-tuning adapts).
+    Build the model with `**source_build_kwargs(path)` to match the weights exactly."""
+    return load_weights_into(model, path, skip_mismatched_head=skip_mismatched_head, strict_build=False)
+
+
+def build_model_from_source(path, num_classes=None, num_segments=None, skip_mismatched_head=False,
+                            **build_kwargs):
+    """A new TSM model (`image_size=None`, `normalize_input=False` unless given) with the file's weights.
+
+    The backbone, shift convention, stride placement and input convention come from the file;
+    `build_kwargs` that contradict them raise ConversionError. `num_classes` defaults to the
+    file's head (required for backbone-only files); `num_segments` defaults to 8.
+    """
+    from tsm_keras.models import build_tsm
+
+    fmt = detect_format(path)
+    if fmt in ("keras", "keras-weights"):
+        return load_model_from_source(path, num_classes, num_segments, skip_mismatched_head, **build_kwargs)
+    converted = read_checkpoint(path, fmt)
+    kwargs = _merge_build(converted, build_kwargs)
+    num_classes = num_classes or converted.num_classes
+    if not num_classes:
+        raise ConversionError(f"{path} holds no classifier (backbone only): pass num_classes (--num_classes).")
+    model = build_tsm(int(num_classes), num_segments=int(num_segments or 8), **kwargs)
+    assign_converted(model, converted, skip_mismatched_head=skip_mismatched_head)
+    return model
+
+
+def load_model_from_source(path, num_classes=None, num_segments=None, skip_mismatched_head=False,
+                           **build_kwargs):
+    """Any supported file -> a TSM model: `.keras`, `.weights.h5` (with the architecture arguments),
+    `.pdparams`, `.pth`/`.pth.tar`, keras.applications `.h5`. What eval/predict/export `--weights` use.
+
+    A `.keras` model is returned as saved unless `num_classes`, `num_segments` or `build_kwargs`
+    ask for something else (e.g. another T: TSM weights do not depend on it), then it is rebuilt.
+    """
+    fmt = detect_format(path)
+    if fmt == "keras":
+        saved = _load_keras(path)
+        config = saved.get_config()
+        for key in STRUCTURAL_KEYS:
+            if key in build_kwargs and build_kwargs[key] != config[key]:
+                raise ConversionError(f"{path}: the model has {key}={config[key]!r}, but {key}={build_kwargs[key]!r} "
+                                      f"was asked; pass {key}={config[key]!r}.")
+        wanted = dict(config, **build_kwargs)
+        if num_classes:
+            wanted["num_classes"] = int(num_classes)
+        if num_segments:
+            wanted["num_segments"] = int(num_segments)
+        if wanted == config:
+            return saved
+        return _rebuilt(saved, wanted, path, skip_mismatched_head)
+    if fmt == "keras-weights":
+        from tsm_keras.models import build_tsm
+
+        config = build_tsm(1, num_segments=int(num_segments or 8), **build_kwargs).get_config()
+        source = _load_own_weights(path, config)
+        if num_classes and int(num_classes) != source.num_classes:
+            config = dict(source.get_config(), num_classes=int(num_classes))
+            return _rebuilt(source, config, path, skip_mismatched_head)
+        return source
+    return build_model_from_source(path, num_classes, num_segments, skip_mismatched_head, **build_kwargs)
+
+
+def convert_from_config(config):
+    """`--mode=convert --source=FILE --output=OUT.keras|OUT.weights.h5`: convert and save; prints what it did."""
+    if not config.source:
+        raise ConversionError("--mode=convert needs --source=<weights file> (" + "; ".join(FORMATS.values()) + ").")
+    if not config.output.endswith((".keras", ".weights.h5")):
+        raise ConversionError(f"--output must end with .keras (whole model) or .weights.h5 (weights only), "
+                              f"got {config.output!r}.")
+    import logging
+
+    from tsm_keras.convert.converted import logger
+
+    messages = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    collector = _Collect()
+    logger.addHandler(collector)
+    previous_level = logger.level
+    logger.setLevel("INFO")
+    try:
+        model = load_model_from_source(config.source, num_classes=config.num_classes,
+                                       num_segments=config.num_segments, backbone=config.backbone,
+                                       shift=config.shift, shift_div=config.shift_div,
+                                       shift_place=config.shift_place, dropout=config.dropout)
+    finally:
+        logger.removeHandler(collector)
+        logger.setLevel(previous_level)
+    os.makedirs(os.path.dirname(os.path.abspath(config.output)), exist_ok=True)
+    if config.output.endswith(".keras"):
+        model.save(config.output)
+    else:
+        model.save_weights(config.output)
+    for message in messages:
+        print(message)
+    print(f"{config.output}: {model.name}, {model.backbone}, {model.num_classes} classes, T={model.num_segments}, "
+          f"shift={model.shift} (convention={model.convention}, shift_every={model.shift_every}), input: float "
+          f"frames [batch, {model.num_segments}, H, W, 3] normalized the {model.input_convention!r} way"
+          + (" (raw 0-255 RGB: the model normalizes)" if model.normalize_input else "") + ".")
+    if config.output.endswith(".keras"):
+        print(f"load: import tsm_keras, keras; keras.saving.load_model({config.output!r})")
+    return model
+
+
+def _merge_build(converted, build_kwargs):
+    kwargs = dict(build_kwargs)
+    for key, value in converted.build.items():
+        if key in kwargs and kwargs[key] != value:
+            flag = f" (--{key}={value})" if key in ("backbone", "shift_place") else ""
+            raise ConversionError(f"{converted.source}: the weights need {key}={value!r}, but {key}={kwargs[key]!r} "
+                                  f"was asked; pass {key}={value!r}{flag}.")
+        kwargs[key] = value
+    return kwargs
+
+
+def _load_keras(path):
+    import keras
+
+    import tsm_keras  # noqa: F401 - registers the layers and TSM for deserialization
+
+    try:
+        return keras.saving.load_model(path)
+    except Exception as error:  # noqa: BLE001
+        raise ConversionError(f"{path}: keras.saving.load_model failed: {error}") from None
+
+
+def _load_own_weights(path, config):
+    """This project's `.weights.h5` into a model built from `config` with the file's class count."""
+    import h5py
+
+    from tsm_keras.models import TSM
+
+    with h5py.File(path, "r") as f:
+        dense = [n for n in f["layers"] if n.startswith("dense")]
+        if len(dense) != 1:
+            raise ConversionError(f"{path}: expected one classifier in a tsm-keras .weights.h5, found {len(dense)}.")
+        num_classes = int(f["layers"][dense[0]]["vars"]["0"].shape[1])
+    model = TSM.from_config(dict(config, num_classes=num_classes))
+    try:
+        model.load_weights(path)
+    except Exception as error:  # noqa: BLE001
+        raise ConversionError(f"{path}: does not fit a {model.backbone} TSM built with these arguments "
+                              f"({error}); pass the flags it was trained with (--backbone ...).") from None
+    return model
+
+
+def _rebuilt(source_model, config, path, skip_mismatched_head):
+    from tsm_keras.models import TSM
+
+    model = TSM.from_config(config)
+    assign_converted(model, converted_from_model(source_model, path), skip_mismatched_head=skip_mismatched_head,
+                     strict_build=False)
+    return model
