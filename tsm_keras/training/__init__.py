@@ -1,0 +1,1 @@
+"""Training: the loop (`loop.train`), Paddle's optimizer recipe, schedules, checkpoints, strategies, precision."""
