@@ -21,6 +21,8 @@ MODES = {
     "convert": "tsm_keras.convert:convert_from_config",
     "export": "tsm_keras.export:export_from_config",
     "predict": "tsm_keras.predict:predict",
+    "tfrecords": "tsm_keras.data.tfrecords:convert_from_config",
+    "prepare": "tsm_keras.data.prepare:prepare_from_config",
 }
 
 F = flags.FLAGS
@@ -43,6 +45,13 @@ flags.DEFINE_string("tfrecord_dir", "tfrecords", "TFRecord shards folder.")
 flags.DEFINE_boolean("flip", True, "Random horizontal flip in training (--noflip for direction-aware classes).")
 flags.DEFINE_integer("test_clips", 1, "Clips per video at evaluation.")
 flags.DEFINE_integer("test_crops", 1, "Spatial crops per clip at evaluation (1 centre or 3).")
+flags.DEFINE_integer("short_side", 0, "prepare/tfrecords: resize frames to this short side (0 keeps them).")
+flags.DEFINE_integer("tfrecord_videos_per_shard", 64, "tfrecords: videos per TFRecord shard.")
+flags.DEFINE_integer("data_workers", 0, "prepare/tfrecords: worker processes (0 = all cores).")
+flags.DEFINE_string("prepare_videos_dir", "", "prepare: class-per-folder video tree (Kinetics) or UCF-101 root.")
+flags.DEFINE_string("ucf101_annotations", "", "prepare: folder with UCF-101 classInd.txt, trainlist0N/testlist0N.txt.")
+flags.DEFINE_integer("ucf101_split", 1, "prepare: UCF-101 split 1, 2 or 3.")
+flags.DEFINE_string("frames_dir", "", "prepare: extract the videos of --train_list/--val_list into frame folders here.")
 
 # Model.
 flags.DEFINE_enum("backbone", "resnet50", ["resnet18", "resnet34", "resnet50", "resnet101"], "Backbone.")

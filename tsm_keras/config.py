@@ -31,6 +31,14 @@ class Config:
     flip: bool = True
     test_clips: int = 1
     test_crops: int = 1
+    # Data preparation and TFRecord conversion (prepare / tfrecords modes).
+    short_side: int = 0
+    tfrecord_videos_per_shard: int = 64
+    data_workers: int = 0
+    prepare_videos_dir: str = ""
+    ucf101_annotations: str = ""
+    ucf101_split: int = 1
+    frames_dir: str = ""
 
     # Model.
     backbone: str = "resnet50"
