@@ -1,0 +1,227 @@
+"""`--mode=prepare`: list files from raw videos, and frame folders from a videos list.
+
+1. Lists (when --prepare_videos_dir is given):
+   - Kinetics layout: `<dir>/train/<class>/<video>` and `<dir>/val/<class>/<video>` (or a single
+     class-per-folder tree, listed as train). Class indices follow --label_map (e.g. kinetics400,
+     names compared case-insensitively with spaces as underscores) or the sorted folder names,
+     written to `classes.txt`.
+   - UCF-101 (with --ucf101_annotations=<ucfTrainTestlist>): `classInd.txt` (1-based) and
+     `trainlist0N.txt`/`testlist0N.txt` of --ucf101_split N; labels become 0-based.
+   Writes `<path> <label>` lists (paths relative to --prepare_videos_dir) to --train_list/--val_list,
+   or `train_videos.txt`/`val_videos.txt` in --prepare_videos_dir.
+2. Frames (when --frames_dir is given): every video of the train/val videos lists is decoded into
+   `<frames_dir>/<path without extension>/img_00001.jpg ...` (optionally --short_side), in parallel
+   (--data_workers), resumably (a finished folder is renamed into place and skipped next time), and
+   `train_frames.txt`/`val_frames.txt` are written in --frames_dir with the true frame counts.
+"""
+
+import concurrent.futures
+import logging
+import multiprocessing
+import os
+import shutil
+
+import cv2
+
+from tsm_keras.data import decode, lists
+
+log = logging.getLogger(__name__)
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".wmv", ".3gp")
+JPEG_QUALITY = 95
+
+
+def _normalize(name):
+    return name.strip().lower().replace(" ", "_")
+
+
+def _videos_in(folder):
+    found = []
+    for current, _, files in os.walk(folder):
+        found.extend(os.path.join(current, f) for f in files if f.lower().endswith(VIDEO_EXTENSIONS))
+    return sorted(found)
+
+
+def kinetics_lists(videos_dir, label_names=None):
+    """{split: [(relative path, label)]}, class names from a class-per-folder tree (train/ and val/ inside)."""
+    split_dirs = {}
+    for split, candidates in (("train", ("train",)), ("val", ("val", "validation", "valid", "test"))):
+        for candidate in candidates:
+            if os.path.isdir(os.path.join(videos_dir, candidate)):
+                split_dirs[split] = os.path.join(videos_dir, candidate)
+                break
+    if not split_dirs:
+        split_dirs = {"train": videos_dir}
+    class_dirs = {split: sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+                  for split, folder in split_dirs.items()}
+    if label_names is None:
+        label_names = sorted(set().union(*class_dirs.values()))
+    index = {_normalize(name): i for i, name in enumerate(label_names)}
+    rows = {}
+    for split, folder in split_dirs.items():
+        rows[split] = []
+        for class_dir in class_dirs[split]:
+            if _normalize(class_dir) not in index:
+                raise lists.ListFileError(f"{os.path.join(folder, class_dir)}: class folder {class_dir!r} is not in "
+                                          "the label map (check --label_map, or leave it empty to use the folders)")
+            label = index[_normalize(class_dir)]
+            for path in _videos_in(os.path.join(folder, class_dir)):
+                rows[split].append((os.path.relpath(path, videos_dir), label))
+        if not rows[split]:
+            raise lists.ListFileError(f"{folder}: no videos ({', '.join(VIDEO_EXTENSIONS)}) in class folders")
+    return rows, label_names
+
+
+def ucf101_lists(videos_dir, annotations_dir, split_number=1):
+    """{"train": [...], "val": [...]} and class names from UCF-101's classInd.txt and train/test lists."""
+    class_file = os.path.join(annotations_dir, "classInd.txt")
+    label_names = lists.read_label_map(class_file)
+    index = {name: i for i, name in enumerate(label_names)}
+    rows = {}
+    for split, name in (("train", f"trainlist{split_number:02d}.txt"), ("val", f"testlist{split_number:02d}.txt")):
+        list_path = os.path.join(annotations_dir, name)
+        if not os.path.isfile(list_path):
+            raise lists.ListFileError(f"{list_path} not found (--ucf101_annotations should hold classInd.txt, "
+                                      f"trainlist0N.txt and testlist0N.txt; --ucf101_split={split_number})")
+        rows[split] = []
+        missing = 0
+        with open(list_path) as f:
+            for line_number, line in enumerate(f, start=1):
+                fields = line.split()
+                if not fields:
+                    continue
+                where = f"{list_path}:{line_number}"
+                relative = fields[0]
+                class_name = relative.replace("\\", "/").split("/")[0]
+                if len(fields) > 2 or class_name not in index:
+                    raise lists.ListFileError(f'{where}: expected "<class>/<video> [<1-based label>]" with a class '
+                                              f"of {class_file}, got {line.strip()!r}")
+                label = index[class_name]
+                if len(fields) == 2 and (not lists._is_int(fields[1]) or int(fields[1]) - 1 != label):
+                    raise lists.ListFileError(f"{where}: label {fields[1]} does not match class {class_name} "
+                                              f"(index {label + 1} in {class_file})")
+                if not os.path.isfile(os.path.join(videos_dir, relative)):
+                    missing += 1
+                    continue
+                rows[split].append((relative, label))
+        if missing:
+            log.warning("%s: %d videos listed but not found under %s; left out", list_path, missing, videos_dir)
+    return rows, label_names
+
+
+def extract_frames(video_path, out_dir, short_side=0, frame_template="img_{:05d}.jpg"):
+    """Decode a video into `out_dir` (written aside, renamed when complete); returns the true frame count.
+
+    An existing `out_dir` counts as done. Raises BadSampleError when no frame decodes.
+    """
+    if os.path.isdir(out_dir):
+        return decode.count_frame_files(out_dir, frame_template)
+    tmp = f"{out_dir}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    capture = decode._open(video_path)
+    count = 0
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok or frame is None:
+                break
+            count += 1
+            frame = decode.resize_short_side_np(frame, short_side)
+            cv2.imwrite(os.path.join(tmp, frame_template.format(count)), frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    finally:
+        capture.release()
+    if count == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise decode.BadSampleError(video_path, "no frame decodes (empty or corrupt video)")
+    os.rename(tmp, out_dir)
+    return count
+
+
+def _extract_one(args):
+    video_path, out_dir, short_side, frame_template = args
+    try:
+        return extract_frames(video_path, out_dir, short_side, frame_template), None
+    except decode.BadSampleError as error:
+        return 0, str(error)
+
+
+def extract_list(list_path, data_root, frames_dir, out_list, *, short_side=0, frame_template="img_{:05d}.jpg",
+                 workers=1, on_bad_sample="skip"):
+    """Frame folders for every video of a videos list, and the frames list; returns (written, skipped)."""
+    records = lists.read_list(list_path, "videos", data_root)
+    jobs = []
+    for record in records:
+        relative = os.path.relpath(record.path, data_root) if data_root else record.path
+        relative = os.path.splitext(relative)[0] if not os.path.isabs(relative) else os.path.splitext(
+            os.path.basename(relative))[0]
+        jobs.append((record, relative, (record.path, os.path.join(frames_dir, relative), short_side, frame_template)))
+    workers = max(1, int(workers))
+    if workers == 1:
+        results = [_extract_one(job[2]) for job in jobs]
+    else:
+        # fork is enough: the workers only run OpenCV.
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            results = list(pool.map(_extract_one, [job[2] for job in jobs], chunksize=4))
+    rows, skipped = [], 0
+    for (record, relative, _), (count, error) in zip(jobs, results):
+        if error is not None:
+            if on_bad_sample == "fail":
+                raise decode.BadSampleError(record.path, f"{error} ({record.source}; --on_bad_sample=fail)")
+            log.warning("skipping %s (%s)", error, record.source)
+            skipped += 1
+            continue
+        rows.append((relative, count, record.label))
+    lists.write_list(out_list, rows)
+    return len(rows), skipped
+
+
+def prepare_from_config(config):
+    """`--mode=prepare`: build videos lists and/or extract frames; prints what to pass to training."""
+    outputs = {}
+    train_list, val_list, data_root = config.train_list, config.val_list, config.data_root
+    if config.prepare_videos_dir:
+        videos_dir = config.prepare_videos_dir
+        if not os.path.isdir(videos_dir):
+            raise FileNotFoundError(f"--prepare_videos_dir={videos_dir} is not a folder")
+        if config.ucf101_annotations:
+            rows, names = ucf101_lists(videos_dir, config.ucf101_annotations, config.ucf101_split)
+        else:
+            given = lists.read_label_map(config.label_map) if config.label_map else None
+            rows, names = kinetics_lists(videos_dir, given)
+        train_list = train_list or os.path.join(videos_dir, "train_videos.txt")
+        val_list = val_list or os.path.join(videos_dir, "val_videos.txt")
+        for split, path in (("train", train_list), ("val", val_list)):
+            if split in rows:
+                lists.write_list(path, rows[split])
+                outputs[f"{split}_videos"] = (path, len(rows[split]))
+            elif split == "val":
+                val_list = ""
+        classes_path = os.path.join(os.path.dirname(os.path.abspath(train_list)), "classes.txt")
+        with open(classes_path, "w") as f:
+            f.write("\n".join(names) + "\n")
+        outputs["classes"] = (classes_path, len(names))
+        data_root = videos_dir
+    if config.frames_dir:
+        workers = config.data_workers or os.cpu_count() or 1
+        for split, path in (("train", train_list), ("val", val_list)):
+            if not path:
+                continue
+            out_list = os.path.join(config.frames_dir, f"{split}_frames.txt")
+            written, skipped = extract_list(path, data_root, config.frames_dir, out_list, short_side=config.short_side,
+                                            frame_template=config.frame_template, workers=workers,
+                                            on_bad_sample=config.on_bad_sample)
+            outputs[f"{split}_frames"] = (out_list, written)
+            outputs[f"{split}_skipped"] = skipped
+    if not outputs:
+        raise ValueError("nothing to prepare: pass --prepare_videos_dir (build lists) and/or --frames_dir "
+                         "(extract frames from --train_list/--val_list)")
+    for key, value in outputs.items():
+        print(f"{key}: {value}")
+    if config.frames_dir:
+        print(f"next: python app.py --mode=train --data_format=frames --data_root={config.frames_dir} "
+              f"--train_list={os.path.join(config.frames_dir, 'train_frames.txt')} "
+              f"--val_list={os.path.join(config.frames_dir, 'val_frames.txt')} ...")
+    else:
+        print(f"next: python app.py --mode=train --data_format=videos --data_root={data_root} "
+              f"--train_list={train_list} --val_list={val_list} ...")
+    return outputs
