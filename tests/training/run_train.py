@@ -1,0 +1,32 @@
+"""Run `tsm_keras.training.loop.train` on the fake data in a fresh process (tests of strategies, kill/resume).
+
+usage: python run_train.py CONFIG_JSON [--logical_cpus=N]
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main():
+    with open(sys.argv[1]) as f:
+        values = json.load(f)
+    logical = [a for a in sys.argv[2:] if a.startswith("--logical_cpus=")]
+    import tensorflow as tf
+
+    if logical:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * int(logical[0].split("=")[1]))
+    import fake_data
+    from tsm_keras.config import Config
+    from tsm_keras.training.loop import train
+
+    train(Config(**values), data=fake_data)
+
+
+if __name__ == "__main__":
+    main()
