@@ -187,7 +187,11 @@ def load_model_from_source(path, num_classes=None, num_segments=None, skip_misma
 
 
 def convert_from_config(config):
-    """`--mode=convert --source=FILE --output=OUT.keras|OUT.weights.h5`: convert and save; prints what it did."""
+    """`--mode=convert --source=FILE --output=OUT.keras|OUT.weights.h5`: convert and save; prints what it did.
+
+    The model is built from the config's architecture flags (--num_classes, --num_segments, --backbone,
+    --shift, --shift_div, --shift_place, --dropout); the file decides the shift and input conventions.
+    """
     if not config.source:
         raise ConversionError("--mode=convert needs --source=<weights file> (" + "; ".join(FORMATS.values()) + ").")
     if not config.output.endswith((".keras", ".weights.h5")):
@@ -205,8 +209,9 @@ def convert_from_config(config):
 
     collector = _Collect()
     logger.addHandler(collector)
-    previous_level = logger.level
+    previous = logger.level, logger.propagate
     logger.setLevel("INFO")
+    logger.propagate = False  # printed below, once
     try:
         model = load_model_from_source(config.source, num_classes=config.num_classes,
                                        num_segments=config.num_segments, backbone=config.backbone,
@@ -214,7 +219,8 @@ def convert_from_config(config):
                                        shift_place=config.shift_place, dropout=config.dropout)
     finally:
         logger.removeHandler(collector)
-        logger.setLevel(previous_level)
+        logger.setLevel(previous[0])
+        logger.propagate = previous[1]
     os.makedirs(os.path.dirname(os.path.abspath(config.output)), exist_ok=True)
     if config.output.endswith(".keras"):
         model.save(config.output)
@@ -228,7 +234,7 @@ def convert_from_config(config):
           + (" (raw 0-255 RGB: the model normalizes)" if model.normalize_input else "") + ".")
     if config.output.endswith(".keras"):
         print(f"load: import tsm_keras, keras; keras.saving.load_model({config.output!r})")
-    return model
+    # Nothing returned: absl's app.run would turn a return value into the exit status.
 
 
 def _merge_build(converted, build_kwargs):

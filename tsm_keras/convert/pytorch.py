@@ -21,7 +21,7 @@ from tsm_keras.convert.converted import ConversionError, ConvertedWeights, canon
 
 TORCH_BUILD = dict(convention="tsm", stride_in_1x1=False, input_convention="imagenet")
 _PREFIXES = ("module.", "base_model.")
-_BLOCK = re.compile(r"^layer(\d)\.(\d+)\.(net\.)?(conv\d|bn\d|downsample\.[01])(\.net)?\.(\w+)$")
+_BLOCK = re.compile(r"^layer([1-4])\.(\d+)\.(net\.)?(conv\d|bn\d|downsample\.[01])(\.net)?\.(\w+)$")
 _STEM = re.compile(r"^(conv1|bn1)\.(\w+)$")
 _HEAD = re.compile(r"^(new_fc|fc)\.(weight|bias)$")
 _BN_FIELDS = {"weight": 0, "bias": 1, "running_mean": 2, "running_var": 3}
