@@ -70,7 +70,7 @@ def resolve_lists(config):
     if config.data_format == "synthetic":
         from tsm_keras.data.synthetic import default_synthetic_root, ensure_synthetic_dataset
         root = config.data_root or default_synthetic_root()
-        paths = ensure_synthetic_dataset(root)
+        paths = ensure_synthetic_dataset(root, reuse_existing=True)
         config = config.replace(data_format="videos", data_root=root, train_list=paths["train_list"],
                                 val_list=paths["val_list"], label_map="")
         return config, list(paths["classes"])

@@ -139,12 +139,14 @@ def _paths(root):
                 label_map=os.path.join(root, "classes.txt"), classes=list(SYNTHETIC_CLASSES))
 
 
-def ensure_synthetic_dataset(root, seed=0, **sizes):
+def ensure_synthetic_dataset(root, seed=0, reuse_existing=False, **sizes):
     """Generate the embedded dataset into `root` unless an identical one is there; return its paths.
 
     Args:
       root: output folder (created atomically: generated aside, then renamed).
       seed: same seed and sizes -> the same videos, frames and lists.
+      reuse_existing: accept a synthetic dataset already in `root` whatever its seed and sizes
+        (the pipeline does this, so a dataset generated with custom sizes is read as it is).
       sizes: train_per_class, val_per_class, num_frames, frame_size, fps (defaults in DEFAULTS).
     Returns:
       dict with root, train_list/val_list (videos lists), train_frames_list/val_frames_list,
@@ -159,8 +161,9 @@ def ensure_synthetic_dataset(root, seed=0, **sizes):
     manifest_path = os.path.join(root, "manifest.json")
     if os.path.isfile(manifest_path):
         with open(manifest_path) as f:
-            if json.load(f) == manifest:
-                return _paths(root)
+            existing = json.load(f)
+        if existing == manifest or (reuse_existing and existing.get("version") == VERSION):
+            return _paths(root)
         # Ours but with other parameters: regenerate it.
         shutil.rmtree(root)
     elif os.path.exists(root) and os.listdir(root):

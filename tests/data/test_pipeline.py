@@ -1,0 +1,150 @@
+"""build_dataset end to end on real files: shapes, sampled frames, determinism, sharding, bad samples."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import frame_index, write_frames
+from tsm_keras.config import Config
+from tsm_keras.data import BAD_SAMPLES, BadSampleError, ListFileError, build_dataset, load_video_clips, sampling
+from tsm_keras.data.synthetic import ensure_synthetic_dataset
+
+TINY = dict(train_per_class=2, val_per_class=1, num_frames=12, frame_size=48)
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("synthetic") / "ds")
+    ensure_synthetic_dataset(root, seed=0, **TINY)
+    return root
+
+
+def _config(**changes):
+    base = dict(num_segments=4, image_size=32, scale_size=40, batch_size=2, num_classes=3, seed=1)
+    base.update(changes)
+    return Config(**base)
+
+
+def _lists(root, videos):
+    (root / "videos.txt").write_text("".join(f"{v} {i % 3}\n" for i, v in enumerate(videos)))
+    return str(root / "videos.txt")
+
+
+def _take_all(dataset):
+    clips, labels = [], []
+    for x, y in dataset:
+        clips.append(x.numpy())
+        labels.append(y.numpy())
+    return np.concatenate(clips), np.concatenate(labels)
+
+
+def _centre_indices(num_frames, num_segments):
+    return sampling.sample_segment_indices(num_frames, num_segments, training=False).tolist()
+
+
+@pytest.mark.parametrize("data_format, entries", [("videos", ["videos/a.avi 1", "videos/b.mp4 2"]),
+                                                  ("frames", ["frames/a 24 1", "frames/b 24 2"])])
+def test_val_clips_hold_the_segment_centres(media, data_format, entries):
+    (media / "list.txt").write_text("\n".join(entries) + "\n")
+    config = _config(data_format=data_format, data_root=str(media), val_list=str(media / "list.txt"),
+                     image_size=48, scale_size=48)
+    clips, labels = _take_all(build_dataset(config, "val"))
+    assert clips.shape == (2, 4, 48, 48, 3) and clips.dtype == np.uint8
+    assert labels.dtype == np.int32 and labels.tolist() == [1, 2]
+    expected = _centre_indices(24, 4)  # [3, 9, 15, 21]
+    for clip in clips:
+        assert [frame_index(np.pad(f, ((0, 0), (8, 8), (0, 0)), mode="edge")) for f in clip] == expected
+
+
+def test_train_batches_shapes_types_and_frames_from_their_segments(media):
+    (media / "list.txt").write_text("videos/a.avi 0\nvideos/b.mp4 1\nvideos/a.avi 2\n")
+    config = _config(data_format="videos", data_root=str(media), train_list=str(media / "list.txt"))
+    dataset = build_dataset(config, "train")
+    assert dataset.element_spec[0].shape.as_list() == [2, 4, 32, 32, 3]
+    assert dataset.element_spec[0].dtype == tf.uint8 and dataset.element_spec[1].dtype == tf.int32
+    batches = list(dataset)
+    assert len(batches) == 1  # 3 videos, batch 2: the train remainder is dropped
+
+
+def test_same_seed_same_clips_new_epoch_new_clips(synthetic_root):
+    config = _config(data_format="synthetic", data_root=synthetic_root, num_classes=8)
+    first, labels = _take_all(build_dataset(config, "train"))
+    again, labels_again = _take_all(build_dataset(config, "train"))
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_array_equal(labels, labels_again)
+    other, _ = _take_all(build_dataset(config, "train", seed=2))
+    assert not np.array_equal(first, other)
+    dataset = build_dataset(config, "train")
+    epoch1, _ = _take_all(dataset)
+    epoch2, _ = _take_all(dataset)
+    assert not np.array_equal(epoch1, epoch2)
+
+
+def test_repeat_and_shards_partition_the_videos(synthetic_root):
+    config = _config(data_format="synthetic", data_root=synthetic_root, num_classes=8)
+    seen = []
+    for index in range(2):
+        _, labels = _take_all(build_dataset(config, "val", batch_size=1, num_shards=2, shard_index=index))
+        seen.append(sorted(labels.tolist()))
+    assert sorted(seen[0] + seen[1]) == list(range(8)) and len(seen[0]) == 4
+    repeated = build_dataset(config, "val", batch_size=3, repeat=True).take(5)
+    assert sum(1 for _ in repeated) == 5
+
+
+def test_multi_view_val_elements(synthetic_root):
+    config = _config(data_format="synthetic", data_root=synthetic_root, num_classes=8, test_clips=2, test_crops=3,
+                     scale_size=32)
+    clips, _ = _take_all(build_dataset(config, "test", batch_size=3))
+    assert clips.shape == (8, 6, 4, 32, 32, 3)
+
+
+def test_load_video_clips_equals_the_test_pipeline(media):
+    (media / "list.txt").write_text("videos/b.mp4 0\n")
+    config = _config(data_format="videos", data_root=str(media), val_list=str(media / "list.txt"), test_clips=2,
+                     test_crops=3)
+    clips, _ = _take_all(build_dataset(config, "test"))
+    views = load_video_clips(str(media / "videos" / "b.mp4"), 4, num_clips=2, crops=3, scale_size=40, image_size=32)
+    assert views.shape == (6, 4, 32, 32, 3) and views.dtype == np.uint8
+    np.testing.assert_array_equal(views, clips[0])
+    folder_views = load_video_clips(str(media / "frames" / "b"), 4, num_clips=2, crops=3, scale_size=40,
+                                    image_size=32)
+    assert folder_views.shape == (6, 4, 32, 32, 3)
+    with pytest.raises(BadSampleError, match="nope.mp4"):
+        load_video_clips(str(media / "nope.mp4"), 4)
+    (media / "empty").mkdir()
+    with pytest.raises(BadSampleError, match="no frame files"):
+        load_video_clips(str(media / "empty"), 4)
+
+
+def test_bad_samples_are_skipped_and_counted(media):
+    (media / "videos" / "broken.mp4").write_bytes(b"garbage" * 50)
+    write_frames(str(media / "frames" / "short"), 3)  # the list below claims 24 frames
+    (media / "videos.txt").write_text("videos/a.avi 0\nvideos/missing.avi 1\nvideos/broken.mp4 2\nvideos/b.mp4 1\n")
+    (media / "frames.txt").write_text("frames/a 24 0\nframes/gone 24 1\nframes/short 24 2\n")
+    BAD_SAMPLES.take()
+    config = _config(data_format="videos", data_root=str(media), val_list=str(media / "videos.txt"))
+    _, labels = _take_all(build_dataset(config, "val"))
+    assert labels.tolist() == [0, 1] and BAD_SAMPLES.take() == 2
+    config = _config(data_format="frames", data_root=str(media), val_list=str(media / "frames.txt"))
+    _, labels = _take_all(build_dataset(config, "val"))
+    # "short" is planned again from the 3 frames really present; "gone" is skipped.
+    assert labels.tolist() == [0, 2] and BAD_SAMPLES.take() == 1
+
+
+def test_bad_sample_fail_policy_names_the_file(media):
+    (media / "videos.txt").write_text("videos/a.avi 0\nvideos/missing.avi 1\n")
+    config = _config(data_format="videos", data_root=str(media), val_list=str(media / "videos.txt"),
+                     on_bad_sample="fail")
+    with pytest.raises(tf.errors.OpError, match="missing.avi"):
+        _take_all(build_dataset(config, "val"))
+
+
+def test_list_errors_fail_before_any_clip(media):
+    (media / "videos.txt").write_text("videos/a.avi 0\nvideos/b.mp4 7\n")
+    config = _config(data_format="videos", data_root=str(media), train_list=str(media / "videos.txt"))
+    with pytest.raises(ListFileError, match=r"videos.txt:2: label 7 is outside the label map \[0, 3\)"):
+        build_dataset(config, "train")
+    with pytest.raises(ListFileError, match="--val_list"):
+        build_dataset(config, "val")
+    with pytest.raises(ValueError, match="split"):
+        build_dataset(config, "training")
