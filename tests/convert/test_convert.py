@@ -124,3 +124,15 @@ def test_app_convert_mode(source, tmp_path):
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "convention=paddle" in run.stdout and os.path.exists(output)
+
+
+def test_config_builds_for_the_raw_frame_pipeline(source):
+    """`config=` (what eval/predict pass): the run's classes and T, and a model that takes raw 0-255 RGB."""
+    from tsm_keras.layers import IMAGENET_MEAN, IMAGENET_STD
+
+    model = load_model_from_source(source["path"], config=Config(num_classes=5, num_segments=T))
+    assert model.normalize_input and model.convention == "paddle"
+    raw = np.random.default_rng(4).integers(0, 256, size=(1, T, 64, 64, 3)).astype(np.uint8)
+    normalized = (raw.astype(np.float32) - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
+    np.testing.assert_allclose(np.asarray(model(raw, training=False)),
+                               np.asarray(source["model"](normalized, training=False)), rtol=1e-4, atol=1e-3)

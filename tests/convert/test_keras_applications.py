@@ -107,3 +107,15 @@ def test_conflicting_build_arguments_are_refused(resnet50_notop, tmp_path):
         load_model_from_source(path, num_classes=3, stride_in_1x1=False)
     with pytest.raises(ConversionError, match="backbone='resnet50'.*--backbone=resnet50"):
         load_model_from_source(path, num_classes=3, backbone="resnet101")
+
+
+def test_caffe_input_convention_with_raw_frames(resnet50_notop, tmp_path):
+    """normalize_input=True on caffe weights: raw RGB 0-255 in, keras' own preprocess_input as reference."""
+    app_model = resnet50_notop[0]
+    path = str(tmp_path / "notop.h5")
+    write_like_keras_download(app_model, path)
+    model = load_model_from_source(path, num_classes=3, num_segments=1, shift="none", normalize_input=True)
+    raw = np.random.default_rng(5).uniform(0, 255, size=(2, SIZE, SIZE, 3)).astype(np.float32)
+    want = np.asarray(app_model(keras.applications.resnet50.preprocess_input(raw.copy()), training=False))
+    got = _pooled_features(model, raw)
+    assert float(np.max(np.abs(got - want))) <= 1e-4 * float(np.max(np.abs(want)))

@@ -150,14 +150,26 @@ def build_model_from_source(path, num_classes=None, num_segments=None, skip_mism
     return model
 
 
-def load_model_from_source(path, num_classes=None, num_segments=None, skip_mismatched_head=False,
+def load_model_from_source(path, num_classes=None, num_segments=None, skip_mismatched_head=False, config=None,
                            **build_kwargs):
     """Any supported file -> a TSM model: `.keras`, `.weights.h5` (with the architecture arguments),
     `.pdparams`, `.pth`/`.pth.tar`, keras.applications `.h5`. What eval/predict/export `--weights` use.
 
     A `.keras` model is returned as saved unless `num_classes`, `num_segments` or `build_kwargs`
     ask for something else (e.g. another T: TSM weights do not depend on it), then it is rebuilt.
+
+    `config` (a `tsm_keras.config.Config`) builds the model for that run's input pipeline: its
+    num_classes and num_segments, its architecture flags (backbone, shift, shift_div, shift_place,
+    dropout; a `.keras` file keeps its own), and `normalize_input=True` because the pipeline yields
+    raw 0-255 RGB clips (the model then normalizes per its `input_convention`). Explicit arguments win.
     """
+    if config is not None:
+        num_classes = num_classes or config.num_classes
+        num_segments = num_segments or config.num_segments
+        build_kwargs.setdefault("normalize_input", True)
+        if detect_format(path) != "keras":
+            for key in ("backbone", "shift", "shift_div", "shift_place", "dropout"):
+                build_kwargs.setdefault(key, getattr(config, key))
     fmt = detect_format(path)
     if fmt == "keras":
         saved = _load_keras(path)
@@ -213,10 +225,8 @@ def convert_from_config(config):
     logger.setLevel("INFO")
     logger.propagate = False  # printed below, once
     try:
-        model = load_model_from_source(config.source, num_classes=config.num_classes,
-                                       num_segments=config.num_segments, backbone=config.backbone,
-                                       shift=config.shift, shift_div=config.shift_div,
-                                       shift_place=config.shift_place, dropout=config.dropout)
+        # The written model takes normalized float frames (normalize_input=False), any size.
+        model = load_model_from_source(config.source, config=config, normalize_input=False)
     finally:
         logger.removeHandler(collector)
         logger.setLevel(previous[0])
