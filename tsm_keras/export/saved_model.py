@@ -28,6 +28,8 @@ import tensorflow as tf
 
 import keras
 
+# Imported here, not inside the traced function: tsm_keras.data runs an eager op at import time.
+from tsm_keras.data import augment
 from tsm_keras.layers import FrameNormalization
 from tsm_keras.models.tsm import INPUT_CONVENTIONS
 
@@ -43,13 +45,21 @@ def resize_and_center_crop(frames, scale_size, image_size):
     `[batch, T, image_size, image_size, 3]` RGB 0-255. The ops are the data pipeline's own
     (`tsm_keras.data.augment`), so serving sees exactly the crops evaluation sees.
     """
-    from tsm_keras.data import augment
-
     shape = tf.shape(frames)
     images = tf.reshape(frames, tf.concat([[-1], shape[2:]], 0))
     images = augment.center_crop(augment.resize_short_side(images, scale_size), image_size)
     clips = tf.reshape(images, tf.stack([shape[0], shape[1], image_size, image_size, 3]))
     return tf.cast(clips, tf.float32)
+
+
+def check_input_shape(tensor, dims, what):
+    """Fail with a readable message unless `tensor` has rank `len(dims)` and the non-None `dims`.
+
+    A loaded signature checks dtypes at call time but not shapes, so without this a wrong input
+    fails deep in the graph ("Index out of range using input dim 3"). `EnsureShape` checks at run
+    time and names the expected and actual shapes.
+    """
+    return tf.ensure_shape(tensor, dims, name=what)
 
 
 class ClipClassifier:
@@ -121,10 +131,12 @@ def build_export_archive(model, label_names=None, scale_size=256, image_size=Non
                 "top_k_labels": tf.gather(labels, top.indices)}
 
     def serve_frames(frames):
+        frames = check_input_shape(frames, [None, num_segments, None, None, 3], "frames")
         clips = resize_and_center_crop(frames, scale_size, image_size)
         return outputs(classifier(clips))
 
     def serve_clips(clips):
+        clips = check_input_shape(clips, [None, num_segments, image_size, image_size, 3], "clips")
         logits = classifier(clips)
         return dict(outputs(logits), logits=logits)
 
