@@ -115,10 +115,10 @@ def extract_frames(video_path, out_dir, short_side=0, frame_template="img_{:05d}
     """
     if os.path.isdir(out_dir):
         return decode.count_frame_files(out_dir, frame_template)
+    capture = decode._open(video_path)
     tmp = f"{out_dir}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    capture = decode._open(video_path)
     count = 0
     try:
         while True:
@@ -128,6 +128,9 @@ def extract_frames(video_path, out_dir, short_side=0, frame_template="img_{:05d}
             count += 1
             frame = decode.resize_short_side_np(frame, short_side)
             cv2.imwrite(os.path.join(tmp, frame_template.format(count)), frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     finally:
         capture.release()
     if count == 0:

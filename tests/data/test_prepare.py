@@ -1,0 +1,88 @@
+"""--mode=prepare: lists from Kinetics/UCF-101 layouts, parallel resumable frame extraction, true counts."""
+
+import os
+
+import pytest
+
+from conftest import write_video
+from tsm_keras.config import Config
+from tsm_keras.data import lists
+from tsm_keras.data.prepare import extract_list, prepare_from_config
+
+
+def test_kinetics_layout_lists_and_frames(tmp_path):
+    root = tmp_path / "k"
+    write_video(str(root / "train" / "walk dog" / "v1.mp4"), 5, "mp4v")
+    write_video(str(root / "train" / "abseiling" / "v2.avi"), 7)
+    write_video(str(root / "val" / "abseiling" / "v3.avi"), 6)
+    (root / "train" / "walk dog" / "notes.txt").write_text("not a video")
+    frames_dir = tmp_path / "frames"
+    outputs = prepare_from_config(Config(prepare_videos_dir=str(root), frames_dir=str(frames_dir), data_workers=2,
+                                         short_side=24))
+    train = lists.read_list(str(root / "train_videos.txt"), "videos", str(root))
+    assert [(os.path.relpath(r.path, root), r.label) for r in train] == [
+        ("train/abseiling/v2.avi", 0), ("train/walk dog/v1.mp4", 1)]
+    assert lists.read_label_map(str(root / "classes.txt")) == ["abseiling", "walk dog"]
+    frames = lists.read_list(str(frames_dir / "train_frames.txt"), "frames", str(frames_dir))
+    assert [(os.path.relpath(r.path, frames_dir), r.num_frames, r.label) for r in frames] == [
+        ("train/abseiling/v2", 7, 0), ("train/walk dog/v1", 5, 1)]
+    val = lists.read_list(str(frames_dir / "val_frames.txt"), "frames", str(frames_dir))
+    assert [(r.num_frames, r.label) for r in val] == [(6, 0)]
+    import cv2
+    assert cv2.imread(os.path.join(frames[0].path, "img_00001.jpg")).shape == (24, 32, 3)
+    assert outputs["train_skipped"] == 0
+
+
+def test_kinetics_folders_map_to_the_kinetics400_indices(tmp_path):
+    root = tmp_path / "k"
+    write_video(str(root / "air drumming" / "v.avi"), 3)
+    write_video(str(root / "zumba" / "v.avi"), 3)
+    prepare_from_config(Config(prepare_videos_dir=str(root), label_map="kinetics400",
+                               train_list=str(tmp_path / "lists" / "train.txt")))
+    records = lists.read_list(str(tmp_path / "lists" / "train.txt"), "videos", str(root))
+    assert [r.label for r in records] == [1, 399]
+    write_video(str(root / "not_a_kinetics_class" / "v.avi"), 3)
+    with pytest.raises(lists.ListFileError, match="not_a_kinetics_class"):
+        prepare_from_config(Config(prepare_videos_dir=str(root), label_map="kinetics400"))
+
+
+def test_ucf101_lists_are_zero_based(tmp_path):
+    videos, notes = tmp_path / "UCF-101", tmp_path / "ucfTrainTestlist"
+    notes.mkdir()
+    (notes / "classInd.txt").write_text("1 ApplyEyeMakeup\n2 Archery\n")
+    (notes / "trainlist01.txt").write_text("ApplyEyeMakeup/v_a_g08_c01.avi 1\nArchery/v_b_g08_c01.avi 2\n")
+    (notes / "testlist01.txt").write_text("Archery/v_b_g01_c01.avi\nArchery/v_missing.avi\n")
+    for name in ("ApplyEyeMakeup/v_a_g08_c01.avi", "Archery/v_b_g08_c01.avi", "Archery/v_b_g01_c01.avi"):
+        write_video(str(videos / name), 4)
+    prepare_from_config(Config(prepare_videos_dir=str(videos), ucf101_annotations=str(notes), ucf101_split=1))
+    train = lists.read_list(str(videos / "train_videos.txt"), "videos", str(videos))
+    val = lists.read_list(str(videos / "val_videos.txt"), "videos", str(videos))
+    assert [r.label for r in train] == [0, 1] and [(os.path.basename(r.path), r.label) for r in val] == [
+        ("v_b_g01_c01.avi", 1)]
+    (notes / "trainlist01.txt").write_text("ApplyEyeMakeup/v_a_g08_c01.avi 2\n")
+    with pytest.raises(lists.ListFileError, match=r"trainlist01.txt:1: label 2 does not match class ApplyEyeMakeup"):
+        prepare_from_config(Config(prepare_videos_dir=str(videos), ucf101_annotations=str(notes)))
+
+
+def test_extraction_resumes_and_skips_bad_videos(tmp_path, media):
+    (media / "videos" / "broken.mp4").write_bytes(b"junk" * 64)
+    list_path = media / "videos.txt"
+    list_path.write_text("videos/a.avi 0\nvideos/broken.mp4 1\nvideos/b.mp4 2\n")
+    out = tmp_path / "frames"
+    written, skipped = extract_list(str(list_path), str(media), str(out), str(out / "train.txt"))
+    assert (written, skipped) == (2, 1)
+    first = out / "videos" / "a" / "img_00001.jpg"
+    os.utime(first, (1, 1))
+    os.remove(out / "videos" / "b" / "img_00024.jpg")  # a finished folder is trusted, and counted again
+    written, skipped = extract_list(str(list_path), str(media), str(out), str(out / "train.txt"), workers=2)
+    assert os.path.getmtime(first) == 1
+    assert [(r.num_frames, r.label) for r in lists.read_list(str(out / "train.txt"), "frames")] == [(24, 0), (23, 2)]
+    assert not [d for d in os.listdir(out / "videos") if ".tmp" in d]
+    from tsm_keras.data.decode import BadSampleError
+    with pytest.raises(BadSampleError, match="broken.mp4"):
+        extract_list(str(list_path), str(media), str(out), str(out / "t.txt"), on_bad_sample="fail")
+
+
+def test_nothing_to_prepare_says_what_to_pass():
+    with pytest.raises(ValueError, match="--prepare_videos_dir"):
+        prepare_from_config(Config())
