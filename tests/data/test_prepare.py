@@ -7,7 +7,7 @@ import pytest
 from conftest import write_video
 from tsm_keras.config import Config
 from tsm_keras.data import lists
-from tsm_keras.data.prepare import extract_list, prepare_from_config
+from tsm_keras.data.prepare import extract_list, prepare
 
 
 def test_kinetics_layout_lists_and_frames(tmp_path):
@@ -17,7 +17,7 @@ def test_kinetics_layout_lists_and_frames(tmp_path):
     write_video(str(root / "val" / "abseiling" / "v3.avi"), 6)
     (root / "train" / "walk dog" / "notes.txt").write_text("not a video")
     frames_dir = tmp_path / "frames"
-    outputs = prepare_from_config(Config(prepare_videos_dir=str(root), frames_dir=str(frames_dir), data_workers=2,
+    outputs = prepare(Config(prepare_videos_dir=str(root), frames_dir=str(frames_dir), data_workers=2,
                                          short_side=24))
     train = lists.read_list(str(root / "train_videos.txt"), "videos", str(root))
     assert [(os.path.relpath(r.path, root), r.label) for r in train] == [
@@ -37,13 +37,13 @@ def test_kinetics_folders_map_to_the_kinetics400_indices(tmp_path):
     root = tmp_path / "k"
     write_video(str(root / "air drumming" / "v.avi"), 3)
     write_video(str(root / "zumba" / "v.avi"), 3)
-    prepare_from_config(Config(prepare_videos_dir=str(root), label_map="kinetics400",
+    prepare(Config(prepare_videos_dir=str(root), label_map="kinetics400",
                                train_list=str(tmp_path / "lists" / "train.txt")))
     records = lists.read_list(str(tmp_path / "lists" / "train.txt"), "videos", str(root))
     assert [r.label for r in records] == [1, 399]
     write_video(str(root / "not_a_kinetics_class" / "v.avi"), 3)
     with pytest.raises(lists.ListFileError, match="not_a_kinetics_class"):
-        prepare_from_config(Config(prepare_videos_dir=str(root), label_map="kinetics400"))
+        prepare(Config(prepare_videos_dir=str(root), label_map="kinetics400"))
 
 
 def test_ucf101_lists_are_zero_based(tmp_path):
@@ -54,14 +54,14 @@ def test_ucf101_lists_are_zero_based(tmp_path):
     (notes / "testlist01.txt").write_text("Archery/v_b_g01_c01.avi\nArchery/v_missing.avi\n")
     for name in ("ApplyEyeMakeup/v_a_g08_c01.avi", "Archery/v_b_g08_c01.avi", "Archery/v_b_g01_c01.avi"):
         write_video(str(videos / name), 4)
-    prepare_from_config(Config(prepare_videos_dir=str(videos), ucf101_annotations=str(notes), ucf101_split=1))
+    prepare(Config(prepare_videos_dir=str(videos), ucf101_annotations=str(notes), ucf101_split=1))
     train = lists.read_list(str(videos / "train_videos.txt"), "videos", str(videos))
     val = lists.read_list(str(videos / "val_videos.txt"), "videos", str(videos))
     assert [r.label for r in train] == [0, 1] and [(os.path.basename(r.path), r.label) for r in val] == [
         ("v_b_g01_c01.avi", 1)]
     (notes / "trainlist01.txt").write_text("ApplyEyeMakeup/v_a_g08_c01.avi 2\n")
     with pytest.raises(lists.ListFileError, match=r"trainlist01.txt:1: label 2 does not match class ApplyEyeMakeup"):
-        prepare_from_config(Config(prepare_videos_dir=str(videos), ucf101_annotations=str(notes)))
+        prepare(Config(prepare_videos_dir=str(videos), ucf101_annotations=str(notes)))
 
 
 def test_extraction_resumes_and_skips_bad_videos(tmp_path, media):
@@ -85,4 +85,4 @@ def test_extraction_resumes_and_skips_bad_videos(tmp_path, media):
 
 def test_nothing_to_prepare_says_what_to_pass():
     with pytest.raises(ValueError, match="--prepare_videos_dir"):
-        prepare_from_config(Config())
+        prepare(Config())

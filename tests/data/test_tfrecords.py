@@ -11,7 +11,7 @@ import tensorflow as tf
 from tsm_keras.config import Config
 from tsm_keras.data import build_dataset
 from tsm_keras.data.pipeline import TFRECORD_CONTEXT, TFRECORD_SEQUENCE
-from tsm_keras.data.tfrecords import convert_from_config
+from tsm_keras.data.tfrecords import convert
 
 
 def _read_all(folder, split):
@@ -34,7 +34,7 @@ def _config(media, **changes):
 
 def test_frames_round_trip_byte_for_byte(media):
     (media / "frames.txt").write_text("frames/a 24 1\nframes/b 24 2\n")
-    manifest = convert_from_config(_config(media))
+    manifest = convert(_config(media))
     examples = _read_all(str(media / "records"), "train")
     assert [(os.path.basename(p), label, n) for p, label, n, _ in examples] == [("a", 1, 24), ("b", 2, 24)]
     for path, _, _, frames in examples:
@@ -48,7 +48,7 @@ def test_frames_round_trip_byte_for_byte(media):
 def test_pipeline_reads_the_same_clips_from_tfrecords_as_from_frames(media):
     (media / "frames.txt").write_text("frames/a 24 1\nframes/b 24 2\n")
     config = _config(media, val_list=str(media / "frames.txt"), train_list="")
-    convert_from_config(config)
+    convert(config)
     from_frames = sorted((int(y), x.tobytes()) for xb, yb in build_dataset(config, "val")
                          for x, y in zip(xb.numpy(), yb.numpy()))
     from_records = sorted((int(y), x.tobytes()) for xb, yb in build_dataset(config.replace(data_format="tfrecord"), "val")
@@ -61,7 +61,7 @@ def test_pipeline_reads_the_same_clips_from_tfrecords_as_from_frames(media):
 def test_videos_with_short_side_and_a_bad_video(media):
     (media / "videos" / "broken.mp4").write_bytes(b"junk" * 100)
     (media / "videos.txt").write_text("videos/a.avi 0\nvideos/broken.mp4 1\nvideos/b.mp4 2\n")
-    manifest = convert_from_config(_config(media, data_format="videos", train_list=str(media / "videos.txt"),
+    manifest = convert(_config(media, data_format="videos", train_list=str(media / "videos.txt"),
                                            short_side=24, tfrecord_videos_per_shard=2))
     assert manifest["train"]["skipped"] == 1 and manifest["train"]["videos"] == 2
     examples = _read_all(str(media / "records"), "train")
@@ -73,17 +73,17 @@ def test_videos_with_short_side_and_a_bad_video(media):
 def test_rerun_skips_finished_shards_and_detects_missing_ones(media):
     (media / "frames.txt").write_text("frames/a 24 1\nframes/b 24 2\n")
     config = _config(media)
-    convert_from_config(config)
+    convert(config)
     shard = os.path.join(media / "records", "train-00000-of-00002.tfrecord")
     os.utime(shard, (1, 1))
-    convert_from_config(config)
+    convert(config)
     assert os.path.getmtime(shard) == 1
     with open(media / "records" / "manifest.json") as f:
         assert json.load(f)["train"]["shards"] == ["train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
     os.remove(shard)
     with pytest.raises(FileNotFoundError, match="1 of 2 train shards"):
         build_dataset(config.replace(data_format="tfrecord"), "train")
-    convert_from_config(config)
+    convert(config)
     assert os.path.getmtime(shard) > 1
 
 

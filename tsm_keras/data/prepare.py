@@ -179,7 +179,12 @@ def extract_list(list_path, data_root, frames_dir, out_list, *, short_side=0, fr
 
 
 def prepare_from_config(config):
-    """`--mode=prepare`: build videos lists and/or extract frames; prints what to pass to training."""
+    """`--mode=prepare` (returns nothing: absl exits with the return value)."""
+    prepare(config)
+
+
+def prepare(config):
+    """Build videos lists and/or extract frames; prints what to pass to training; returns {output: ...}."""
     outputs = {}
     train_list, val_list, data_root = config.train_list, config.val_list, config.data_root
     if config.prepare_videos_dir:

@@ -139,7 +139,12 @@ def convert_list(list_path, data_format, data_root, out_dir, split, *, videos_pe
 
 
 def convert_from_config(config):
-    """`--mode=tfrecords`: convert --train_list and/or --val_list into --tfrecord_dir; returns the manifest."""
+    """`--mode=tfrecords` (returns nothing: absl exits with the return value)."""
+    convert(config)
+
+
+def convert(config):
+    """Convert --train_list and/or --val_list into --tfrecord_dir; returns the manifest dict."""
     from tsm_keras.data.pipeline import resolve_lists
 
     if config.data_format == "tfrecord":
