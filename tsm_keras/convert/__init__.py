@@ -115,6 +115,9 @@ def load_weights_into(model, path, skip_mismatched_head=False, strict_build=True
     """
     fmt = detect_format(path)
     if fmt == "keras-weights":
+        if _own_weights_classes(path) == model.num_classes:
+            _load_own_weights_into(model, path)
+            return []
         source = _load_own_weights(path, model.get_config())
         return assign_converted(model, converted_from_model(source, path), skip_mismatched_head, strict_build)
     return assign_converted(model, read_checkpoint(path, fmt), skip_mismatched_head, strict_build)
@@ -145,6 +148,10 @@ def build_model_from_source(path, num_classes=None, num_segments=None, skip_mism
     num_classes = num_classes or converted.num_classes
     if not num_classes:
         raise ConversionError(f"{path} holds no classifier (backbone only): pass num_classes (--num_classes).")
+    if converted.num_classes and converted.num_classes != int(num_classes) and not skip_mismatched_head:
+        raise ConversionError(f"{path}: the classifier has {converted.num_classes} classes, {num_classes} were asked; "
+                              f"pass num_classes={converted.num_classes} (--num_classes) to keep it, or "
+                              "skip_mismatched_head=True to fine-tune.")
     model = build_tsm(int(num_classes), num_segments=int(num_segments or 8), **kwargs)
     assign_converted(model, converted, skip_mismatched_head=skip_mismatched_head)
     return model
@@ -189,8 +196,8 @@ def load_model_from_source(path, num_classes=None, num_segments=None, skip_misma
     if fmt == "keras-weights":
         from tsm_keras.models import build_tsm
 
-        config = build_tsm(1, num_segments=int(num_segments or 8), **build_kwargs).get_config()
-        source = _load_own_weights(path, config)
+        source = build_tsm(_own_weights_classes(path), num_segments=int(num_segments or 8), **build_kwargs)
+        _load_own_weights_into(source, path)
         if num_classes and int(num_classes) != source.num_classes:
             config = dict(source.get_config(), num_classes=int(num_classes))
             return _rebuilt(source, config, path, skip_mismatched_head)
@@ -269,23 +276,31 @@ def _load_keras(path):
         raise ConversionError(f"{path}: keras.saving.load_model failed: {error}") from None
 
 
-def _load_own_weights(path, config):
-    """This project's `.weights.h5` into a model built from `config` with the file's class count."""
+def _own_weights_classes(path):
+    """The class count of this project's `.weights.h5` (its one Dense layer's kernel)."""
     import h5py
-
-    from tsm_keras.models import TSM
 
     with h5py.File(path, "r") as f:
         dense = [n for n in f["layers"] if n.startswith("dense")]
         if len(dense) != 1:
             raise ConversionError(f"{path}: expected one classifier in a tsm-keras .weights.h5, found {len(dense)}.")
-        num_classes = int(f["layers"][dense[0]]["vars"]["0"].shape[1])
-    model = TSM.from_config(dict(config, num_classes=num_classes))
+        return int(f["layers"][dense[0]]["vars"]["0"].shape[1])
+
+
+def _load_own_weights_into(model, path):
     try:
         model.load_weights(path)
     except Exception as error:  # noqa: BLE001
         raise ConversionError(f"{path}: does not fit a {model.backbone} TSM built with these arguments "
                               f"({error}); pass the flags it was trained with (--backbone ...).") from None
+
+
+def _load_own_weights(path, config):
+    """This project's `.weights.h5` into a model built from `config` with the file's class count."""
+    from tsm_keras.models import TSM
+
+    model = TSM.from_config(dict(config, num_classes=_own_weights_classes(path)))
+    _load_own_weights_into(model, path)
     return model
 
 
