@@ -9,7 +9,7 @@ LABELS = ["walking", "running", "jumping", "waving", "sitting"]
 
 
 def scale_head(model, seed=0):
-    """Give the classifier trained-scale weights: logits O(1-10) instead of the N(0, 0.001) init's
+    """Give the classifier trained-scale weights: logits O(1) instead of the N(0, 0.001) init's
     O(1e-3), so that parity tolerances mean something."""
     fc = model.get_layer("fc")
     kernel, bias = fc.get_weights()

@@ -1,15 +1,15 @@
 """TFLite float32 / float16 / dynamic-range int8 against the Keras model, with per-variant tolerances.
 
-Tolerances are on logits, relative to their scale (max |logit|, here ~5-10):
-  float32       1e-4  same arithmetic, different kernels (XNNPACK)
-  float16       2e-2  weights rounded to 11 significant bits, computed in float32
-  dynamic_int8  1.5e-1 int8 weights per channel, activations quantized on the fly; top-1 must hold
+Tolerances are on logits, relative to max(1, max |logit|); measured here (ResNet-18, 4x64^2) in brackets:
+  float32       1e-4  [1e-6]  same arithmetic, different kernels (XNNPACK)
+  float16       5e-3  [6e-4]  weights rounded to float16, computed in float32
+  dynamic_int8  1e-1  [2e-2]  int8 weights per channel, activations quantized on the fly; top-1 must hold
 """
 
 import numpy as np
 import pytest
 
-TOLERANCES = {"float32": 1e-4, "float16": 2e-2, "dynamic_int8": 1.5e-1}
+TOLERANCES = {"float32": 1e-4, "float16": 5e-3, "dynamic_int8": 1e-1}
 
 
 @pytest.mark.parametrize("quantization", sorted(TOLERANCES))

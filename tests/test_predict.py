@@ -1,0 +1,204 @@
+"""Predict mode and the Python API on videos of the embedded dataset (Motion-JPEG .avi via cv2.VideoWriter).
+
+The model is trained in the fixture on the frame folders of 8 videos (one per class; ~15 s) and
+predicts from the .avi files: another decode path (OpenCV video vs JPEG files) through the
+same evaluation sampling, so the right top-1 for each video checks decoding, sampling, cropping,
+normalization and the label map end to end.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    import keras
+
+    from tsm_keras.config import Config
+    from tsm_keras.data.pipeline import load_video_clips
+    from tsm_keras.data.synthetic import ensure_synthetic_dataset
+    from tsm_keras.evaluation import CONFIG_FILE, LABELS_FILE, WEIGHTS_FILE, build_model_for
+
+    base = tmp_path_factory.mktemp("predict")
+    data = ensure_synthetic_dataset(str(base / "synthetic"), seed=0, train_per_class=1, val_per_class=1,
+                                    num_frames=12, frame_size=80)
+    frame_rows = [line.split() for line in open(data["val_frames_list"])]
+    video_rows = [line.split() for line in open(data["val_list"])]
+    config = Config(backbone="resnet18", num_classes=8, num_segments=4, image_size=64, scale_size=72, dropout=0.0,
+                    data_format="videos", data_root=data["root"], val_list=data["val_list"],
+                    label_map=data["label_map"], model_dir=str(base / "run"))
+    clips = np.concatenate([load_video_clips(os.path.join(data["root"], row[0]), 4, scale_size=72, image_size=64)
+                            for row in frame_rows])
+    labels = np.array([int(row[-1]) for row in frame_rows])
+    keras.utils.set_random_seed(0)
+    model = build_model_for(config)
+    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(clips, labels, batch_size=len(labels), epochs=25, verbose=0)
+    # The run folder as the training loop writes it.
+    os.makedirs(config.model_dir)
+    config.save(os.path.join(config.model_dir, CONFIG_FILE))
+    with open(os.path.join(config.model_dir, LABELS_FILE), "w") as f:
+        f.write("".join(f"{name}\n" for name in data["classes"]))
+    model.save_weights(os.path.join(config.model_dir, WEIGHTS_FILE))
+    videos = [(os.path.join(data["root"], row[0]), data["classes"][int(row[1])]) for row in video_rows]
+    return dict(config=config, videos=videos, classes=data["classes"], base=base, data=data)
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run):
+    from tsm_keras.export import export_from_config
+
+    config = trained_run["config"].replace(mode="export", weights=trained_run["config"].model_dir,
+                                           export_dir=str(trained_run["base"] / "saved_models" / "tsm"), top_k=3)
+    assert export_from_config(config) == 0
+    return config.export_dir
+
+
+def write_mjpg(path, frames_rgb, fps=12):
+    height, width = frames_rgb.shape[1:3]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
+    assert writer.isOpened()
+    for frame in frames_rgb:
+        writer.write(np.ascontiguousarray(frame[..., ::-1]))
+    writer.release()
+    return str(path)
+
+
+def read_all_rgb(path):
+    capture = cv2.VideoCapture(path)
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame[..., ::-1])
+    capture.release()
+    return np.stack(frames)
+
+
+def test_predict_mode_prints_the_right_top1_and_goes_on_after_bad_videos(trained_run, tmp_path, capsys):
+    from tsm_keras.predict import predict
+
+    broken = tmp_path / "not_a_video.avi"
+    broken.write_text("this is not a video\n")
+    first_video = trained_run["videos"][0][0]
+    short = write_mjpg(tmp_path / "short.avi", read_all_rgb(first_video)[:2])  # 2 frames < 4 segments
+    root = trained_run["data"]["root"]
+    list_file = tmp_path / "to_predict.txt"
+    lines = [f"{os.path.relpath(path, root)} 0" for path, _ in trained_run["videos"]]
+    list_file.write_text("\n".join(lines[:4] + [str(broken)] + lines[4:] + [short]) + "\n")
+    output = tmp_path / "preds.jsonl"
+    config = trained_run["config"].replace(mode="predict", weights=trained_run["config"].model_dir,
+                                           input=str(list_file), output=str(output), top_k=5)
+
+    assert predict(config) == 1  # one unreadable video: reported, the others classified
+    captured = capsys.readouterr()
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(records) == 10
+    by_video = {r["video"]: r for r in records}
+    for path, name in trained_run["videos"]:
+        predictions = by_video[path]["predictions"]
+        assert len(predictions) == 5 and predictions[0]["label"] == name, (path, predictions[0])
+        assert f"1. {predictions[0]['probability']:.4f}  {name}" in captured.out
+    assert "not a video" not in by_video[str(broken)].get("predictions", "")
+    assert by_video[str(broken)]["error"].startswith(str(broken))
+    assert f"error: {broken}" in captured.err and "OpenCV cannot open" in captured.err
+    assert len(by_video[short]["predictions"]) == 5  # too short: frames repeated, still classified
+    assert "9/10 videos classified" in captured.out
+
+
+def test_saved_model_and_keras_predict_the_same(trained_run, exported):
+    import tsm_keras
+
+    keras_classifier = tsm_keras.load(trained_run["config"].model_dir)
+    served = tsm_keras.load(exported)
+    assert type(served).__name__ == "SavedModelVideoClassifier"
+    assert served.label_names == keras_classifier.label_names == trained_run["classes"]
+    for path, name in trained_run["videos"][:3]:
+        a, b = keras_classifier.predict_video(path), served.predict_video(path)
+        np.testing.assert_allclose(a["probabilities"], b["probabilities"], atol=1e-5)
+        assert a["predictions"][0]["label"] == b["predictions"][0]["label"] == name
+
+
+def test_predict_frames_and_clips_match_predict_video(trained_run):
+    import tsm_keras
+
+    classifier = tsm_keras.load(trained_run["config"].model_dir)
+    path, name = trained_run["videos"][5]
+    frames = read_all_rgb(path)
+    from_file = classifier.predict_video(path)
+    from_frames = classifier.predict_frames(frames)
+    np.testing.assert_allclose(from_frames["probabilities"], from_file["probabilities"], atol=1e-6)
+    assert from_frames["predictions"][0]["label"] == name
+    # Already-sampled clips of any size go through the serving preprocessing.
+    indices = [int(12 / 4 * (i + 0.5)) for i in range(4)]  # segment centres of 12 frames
+    (clip_result,) = classifier.predict_clips(frames[indices][None])
+    np.testing.assert_allclose(clip_result["probabilities"], from_file["probabilities"], atol=1e-4)
+
+
+def test_multi_view_testing(trained_run):
+    import tsm_keras
+
+    classifier = tsm_keras.load(trained_run["config"].model_dir, num_clips=2, num_crops=3, top_k=2)
+    path, name = trained_run["videos"][2]
+    result = classifier.predict_video(path)
+    assert result["views"] == 6 and len(result["predictions"]) == 2
+    assert result["predictions"][0]["label"] == name
+
+
+def test_bad_arrays_give_clear_errors(trained_run):
+    import tsm_keras
+
+    classifier = tsm_keras.load(trained_run["config"].model_dir)
+    with pytest.raises(TypeError, match="uint8 RGB 0-255, got float32"):
+        classifier.predict_frames(np.zeros((8, 64, 64, 3), np.float32))
+    with pytest.raises(ValueError, match=r"expected \[num_frames, height, width, 3\], got shape \(64, 64, 3\)"):
+        classifier.predict_frames(np.zeros((64, 64, 3), np.uint8))
+    with pytest.raises(ValueError, match="clips have 5 frames, the model takes 4"):
+        classifier.predict_clips(np.zeros((1, 5, 64, 64, 3), np.uint8))
+    with pytest.raises(FileNotFoundError, match="no such SavedModel"):
+        tsm_keras.load(str(trained_run["base"] / "missing"))
+
+
+def test_list_inputs_reads_folders_and_lists(tmp_path):
+    from tsm_keras.predict import list_inputs
+
+    (tmp_path / "videos").mkdir()
+    for name in ("b.avi", "a.mp4", "notes.txt", ".hidden.avi"):
+        (tmp_path / "videos" / name).write_text("")
+    frames = tmp_path / "videos" / "c_frames"
+    frames.mkdir()
+    cv2.imwrite(str(frames / "img_00001.jpg"), np.zeros((8, 8, 3), np.uint8))
+    assert list_inputs(str(tmp_path / "videos")) == [str(tmp_path / "videos" / n) for n in ("a.mp4", "b.avi",
+                                                                                              "c_frames")]
+    assert list_inputs(str(frames)) == [str(frames)]  # a frame folder is one video
+    listing = tmp_path / "val.txt"
+    listing.write_text("x/my video.avi 3\n\ny/frames_dir 24 7\n/abs/z.mp4\n")
+    assert list_inputs(str(listing), data_root="/data") == ["/data/x/my video.avi", "/data/y/frames_dir",
+                                                            "/abs/z.mp4"]
+    assert list_inputs("single.avi") == ["single.avi"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no video files"):
+        list_inputs(str(tmp_path / "empty"))
+
+
+def test_app_predict_with_saved_model(trained_run, exported, tmp_path):
+    path, name = trained_run["videos"][3]
+    output = tmp_path / "preds.jsonl"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run([sys.executable, os.path.join(REPO, "app.py"), "--mode=predict",
+                             f"--saved_model={exported}", f"--input={path}", "--top_k=3", f"--output={output}"],
+                            capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (record,) = [json.loads(line) for line in output.read_text().splitlines()]
+    assert record["video"] == path and len(record["predictions"]) == 3
+    assert record["predictions"][0]["label"] == name
+    assert f"1. {record['predictions'][0]['probability']:.4f}  {name}" in result.stdout
