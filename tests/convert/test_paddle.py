@@ -113,3 +113,14 @@ def test_refuses_pickled_code(tmp_path):
         pickle.dump({"x": os.getcwd}, f)
     with pytest.raises(ConversionError, match="refusing to unpickle"):
         read_pdparams(str(path))
+
+
+def test_reads_tensors_pickled_as_name_array_pairs(tmp_path):
+    """paddle.save of Tensors nested in other objects writes (name, ndarray) pairs; the table is dropped."""
+    path = tmp_path / "pairs.pdparams"
+    kernel = np.arange(6, dtype=np.float32).reshape(1, 1, 2, 3)
+    with open(path, "wb") as f:
+        pickle.dump({"conv1_weights": ("conv1_weights", kernel), "StructuredToParameterName@@": {"a": "b"}}, f)
+    state = read_pdparams(str(path))
+    assert list(state) == ["conv1_weights"]
+    np.testing.assert_array_equal(state["conv1_weights"], kernel)

@@ -54,7 +54,8 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
 
 
 def read_pdparams(path):
-    """`.pdparams` -> `{key: np.ndarray}` with plain pickle (no Paddle); non-array entries are dropped."""
+    """`.pdparams` -> `{key: np.ndarray}` with plain pickle (no Paddle); non-array entries (the
+    `StructuredToParameterName@@` name table, counters) are dropped."""
     try:
         with open(path, "rb") as f:
             state = _ArraysOnlyUnpickler(f).load()
@@ -64,8 +65,14 @@ def read_pdparams(path):
         raise ConversionError(f"{path}: not a readable .pdparams (pickled dict of numpy arrays): {error}") from None
     if not isinstance(state, dict):
         raise ConversionError(f"{path}: a .pdparams holds a dict, this file holds a {type(state).__name__}.")
-    return {key: value for key, value in state.items()
-            if key not in _IGNORED_KEYS and isinstance(value, np.ndarray)}
+    arrays = {}
+    for key, value in state.items():
+        # paddle.save pickles a Tensor nested in other objects as (name, ndarray).
+        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], np.ndarray):
+            value = value[1]
+        if key not in _IGNORED_KEYS and isinstance(value, np.ndarray):
+            arrays[key] = value
+    return arrays
 
 
 def _layer_names(stage, suffix, branch):
