@@ -70,11 +70,16 @@ def test_convert_mode_weights_only(source, tmp_path):
     output = str(tmp_path / "tsm.weights.h5")
     convert_from_config(Config(mode="convert", source=source["path"], output=output, num_classes=5, num_segments=T))
     assert detect_format(output) == "keras-weights"
-    model = load_model_from_source(output, num_segments=T, convention="paddle")
+    model = load_model_from_source(output)  # the architecture file beside it says convention="paddle", T
+    assert (model.convention, model.num_segments, model.num_classes) == ("paddle", T, 5)
     np.testing.assert_allclose(np.asarray(model(source["clip"], training=False)), source["want"], rtol=1e-5, atol=1e-4)
     fresh = build_tsm(5, num_segments=T, convention="paddle")
     load_weights_into(fresh, output)
     np.testing.assert_array_equal(fresh.get_layer("fc").kernel, model.get_layer("fc").kernel)
+    with pytest.raises(ConversionError, match="convention='paddle'"):
+        load_weights_into(build_tsm(3, num_segments=T), output)  # other head: compared via the architecture file
+    with pytest.raises(ConversionError, match="convention='paddle'"):
+        load_weights_into(build_tsm(5, num_segments=T), output)
 
 
 def test_convert_mode_errors(source, tmp_path):

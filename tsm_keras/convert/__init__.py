@@ -12,11 +12,12 @@ for keras.applications weights: BGR, mean subtraction, no std); pass `normalize_
 have the model take raw 0-255 RGB frames and normalize them itself.
 """
 
+import json
 import os
 import zipfile
 
-from tsm_keras.convert.converted import (STRUCTURAL_KEYS, ConversionError, ConvertedWeights, assign_converted,
-                                         converted_from_model)
+from tsm_keras.convert.converted import (BEHAVIOURAL_KEYS, STRUCTURAL_KEYS, ConversionError, ConvertedWeights,
+                                         assign_converted, check_build, converted_from_model)
 
 __all__ = ["ConversionError", "ConvertedWeights", "FORMATS", "build_model_from_source", "convert_from_config",
            "detect_format", "init_from_pretrained", "load_model_from_source", "load_weights_into",
@@ -116,8 +117,16 @@ def load_weights_into(model, path, skip_mismatched_head=False, strict_build=True
     fmt = detect_format(path)
     if fmt == "keras-weights":
         if _own_weights_classes(path) == model.num_classes:
+            messages = []
+            if os.path.exists(_architecture_file(path)):
+                with open(_architecture_file(path)) as f:
+                    saved = json.load(f)
+                keys = [k for k in STRUCTURAL_KEYS + BEHAVIOURAL_KEYS if k in saved]
+                messages = check_build(model, ConvertedWeights(source=path, format="keras-weights", layers={},
+                                                               build={k: saved[k] for k in keys}),
+                                       strict=strict_build)
             _load_own_weights_into(model, path)
-            return []
+            return messages
         source = _load_own_weights(path, model.get_config())
         return assign_converted(model, converted_from_model(source, path), skip_mismatched_head, strict_build)
     return assign_converted(model, read_checkpoint(path, fmt), skip_mismatched_head, strict_build)
@@ -170,37 +179,35 @@ def load_model_from_source(path, num_classes=None, num_segments=None, skip_misma
     dropout; a `.keras` file keeps its own), and `normalize_input=True` because the pipeline yields
     raw 0-255 RGB clips (the model then normalizes per its `input_convention`). Explicit arguments win.
     """
+    fmt = detect_format(path)
     if config is not None:
         num_classes = num_classes or config.num_classes
         num_segments = num_segments or config.num_segments
         build_kwargs.setdefault("normalize_input", True)
-        if detect_format(path) != "keras":
+        if fmt != "keras":
             for key in ("backbone", "shift", "shift_div", "shift_place", "dropout"):
                 build_kwargs.setdefault(key, getattr(config, key))
-    fmt = detect_format(path)
     if fmt == "keras":
         saved = _load_keras(path)
-        config = saved.get_config()
-        for key in STRUCTURAL_KEYS:
-            if key in build_kwargs and build_kwargs[key] != config[key]:
-                raise ConversionError(f"{path}: the model has {key}={config[key]!r}, but {key}={build_kwargs[key]!r} "
-                                      f"was asked; pass {key}={config[key]!r}.")
-        wanted = dict(config, **build_kwargs)
-        if num_classes:
-            wanted["num_classes"] = int(num_classes)
-        if num_segments:
-            wanted["num_segments"] = int(num_segments)
-        if wanted == config:
-            return saved
-        return _rebuilt(saved, wanted, path, skip_mismatched_head)
+        return _retarget(saved, saved.get_config(), path, num_classes, num_segments, skip_mismatched_head,
+                         build_kwargs)
     if fmt == "keras-weights":
-        from tsm_keras.models import build_tsm
+        from tsm_keras.models import TSM, build_tsm
 
+        sidecar = _architecture_file(path)
+        if os.path.exists(sidecar):
+            # Written by --mode=convert: the architecture the weights need (shift convention ...).
+            with open(sidecar) as f:
+                saved_config = json.load(f)
+            source = TSM.from_config(dict(saved_config, num_classes=_own_weights_classes(path)))
+            _load_own_weights_into(source, path)
+            return _retarget(source, source.get_config(), path, num_classes, num_segments, skip_mismatched_head,
+                             build_kwargs)
         source = build_tsm(_own_weights_classes(path), num_segments=int(num_segments or 8), **build_kwargs)
         _load_own_weights_into(source, path)
         if num_classes and int(num_classes) != source.num_classes:
-            config = dict(source.get_config(), num_classes=int(num_classes))
-            return _rebuilt(source, config, path, skip_mismatched_head)
+            return _rebuilt(source, dict(source.get_config(), num_classes=int(num_classes)), path,
+                            skip_mismatched_head)
         return source
     return build_model_from_source(path, num_classes, num_segments, skip_mismatched_head, **build_kwargs)
 
@@ -243,6 +250,11 @@ def convert_from_config(config):
         model.save(config.output)
     else:
         model.save_weights(config.output)
+        # Weights alone do not say which shift convention they need: keep the architecture beside them.
+        with open(_architecture_file(config.output), "w") as f:
+            json.dump(model.get_config(), f, indent=2, sort_keys=True)
+        print(f"{_architecture_file(config.output)}: the architecture; load_model_from_source({config.output!r}) "
+              f"reads both, or build_tsm(**that config) then model.load_weights(...).")
     for message in messages:
         print(message)
     print(f"{config.output}: {model.name}, {model.backbone}, {model.num_classes} classes, T={model.num_segments}, "
@@ -296,12 +308,38 @@ def _load_own_weights_into(model, path):
 
 
 def _load_own_weights(path, config):
-    """This project's `.weights.h5` into a model built from `config` with the file's class count."""
+    """This project's `.weights.h5` into a model built from its architecture file (if any) or `config`,
+    with the file's class count."""
     from tsm_keras.models import TSM
 
+    sidecar = _architecture_file(path)
+    if os.path.exists(sidecar):
+        with open(sidecar) as f:
+            config = json.load(f)
     model = TSM.from_config(dict(config, num_classes=_own_weights_classes(path)))
     _load_own_weights_into(model, path)
     return model
+
+
+def _architecture_file(weights_path):
+    """`tsm.weights.h5` -> `tsm.architecture.json`: the model config --mode=convert writes beside weights."""
+    return weights_path[:-len(".weights.h5")] + ".architecture.json"
+
+
+def _retarget(model, saved_config, path, num_classes, num_segments, skip_mismatched_head, build_kwargs):
+    """`model` as is, or rebuilt when the caller asks for other classes, T or build arguments."""
+    for key in STRUCTURAL_KEYS:
+        if key in build_kwargs and build_kwargs[key] != saved_config[key]:
+            raise ConversionError(f"{path}: the model has {key}={saved_config[key]!r}, but {key}={build_kwargs[key]!r} "
+                                  f"was asked; pass {key}={saved_config[key]!r}.")
+    wanted = dict(saved_config, **build_kwargs)
+    if num_classes:
+        wanted["num_classes"] = int(num_classes)
+    if num_segments:
+        wanted["num_segments"] = int(num_segments)
+    if wanted == saved_config:
+        return model
+    return _rebuilt(model, wanted, path, skip_mismatched_head)
 
 
 def _rebuilt(source_model, config, path, skip_mismatched_head):
