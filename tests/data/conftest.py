@@ -1,7 +1,8 @@
 """Tiny real media for the data tests: videos written by cv2.VideoWriter and JPEG frame folders.
 
-Frame i of every test video is a flat grey of value `frame_value(i)` with a coloured corner, so a
-decoded frame tells which frame it was even after lossy coding.
+Frame i of every test video is flat grey: the right half `frame_value(i % 32)`, the bottom-left
+quarter `frame_value(i // 32)`, with a blue top-left corner, so a decoded frame tells which frame it
+was even after lossy coding.
 """
 
 import os
@@ -17,14 +18,22 @@ def frame_value(index):
     return 8 * index + 4
 
 
+def _level(region):
+    return int(round((float(region.mean()) - 4) / 8))
+
+
 def frame_index(frame):
-    """The index a decoded RGB frame encodes (the grey part, away from the coloured corner)."""
-    return int(round((float(frame[HEIGHT // 2:, WIDTH // 2:].mean()) - 4) / 8))
+    """The index a decoded RGB frame encodes (read away from the edges between the grey parts)."""
+    h, w = frame.shape[:2]
+    low = _level(frame[h // 2 + 4:, w // 2 + 4:])
+    high = _level(frame[h // 2 + 4:, 4:w // 2 - 4])
+    return 32 * high + low
 
 
 def make_frame(index, height=HEIGHT, width=WIDTH):
-    """BGR frame: grey `frame_value(index)` with a pure blue (BGR 255,0,0) top-left corner."""
-    frame = np.full((height, width, 3), frame_value(index), np.uint8)
+    """BGR frame encoding `index` (see the module docstring); pure blue (BGR 255,0,0) top-left corner."""
+    frame = np.full((height, width, 3), frame_value(index % 32), np.uint8)
+    frame[height // 2:, : width // 2] = frame_value(index // 32)
     frame[:8, :8] = (255, 0, 0)
     return frame
 

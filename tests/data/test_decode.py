@@ -20,6 +20,17 @@ def test_decodes_exactly_the_planned_frames_in_rgb(media, name):
     np.testing.assert_allclose(frames[0, 0, 2, 2], [0, 0, 255], atol=8)
 
 
+@pytest.mark.parametrize("name, fourcc", [("long.mp4", "mp4v"), ("long.avi", "MJPG")])
+def test_seeking_across_long_gaps_gives_the_same_frames(tmp_path, name, fourcc):
+    path = write_video(str(tmp_path / name), 120, fourcc)
+    wanted = np.array([2, 30, 31, 64, 100, 119])  # gaps of 24+ frames are seeked
+    frames, _ = decode.decode_video(path, lambda n: wanted)
+    assert [frame_index(f) for f in frames] == wanted.tolist()
+    for order in (np.array([119, 0]), np.array([60, 60, 3])):
+        frames, _ = decode.decode_video(path, lambda n: order)
+        assert [frame_index(f) for f in frames] == order.tolist()
+
+
 def test_truncated_video_is_resampled_from_the_frames_that_decode(tmp_path):
     path = write_video(str(tmp_path / "full.avi"), 30, "MJPG")
     cut = tmp_path / "cut.avi"

@@ -8,6 +8,7 @@ it); when the stream ends early the clip is planned again from the frames that r
 import logging
 import os
 import threading
+import time
 
 import cv2
 import numpy as np
@@ -116,29 +117,57 @@ def count_video_frames(path):
     return count
 
 
-def _read_indices(path, indices, limit):
+# Seek (keyframe + decode forward) rather than grab when the next kept frame is this far ahead.
+SEEK_MIN_GAP = 24
+
+
+def _read_indices(path, indices, limit, capture=None, allow_seek=True):
     """Decode frames `indices` (sorted unique) reading at most `limit` frames.
 
-    Returns ({index: RGB frame}, decoded) where `decoded` < limit means the stream ended early there.
+    Frames between kept ones are skipped with `grab()` (no colour conversion); across a gap of
+    SEEK_MIN_GAP frames or more OpenCV seeks instead (keyframe, then decode forward), as long as
+    seeking proves cheaper than grabbing for this video (a long keyframe interval makes it dearer:
+    the first seek is timed against the grabs and seeking stops if it lost).
+    Returns ({index: RGB frame}, position, seeked): when frames are missing and nothing was
+    seeked, `position` is the true number of frames (the stream ended early there).
     """
-    capture = _open(path)
-    wanted = set(int(i) for i in indices)
-    last = max(wanted)
+    capture = capture or _open(path)
     kept = {}
     position = 0
+    grab_seconds, grabs, seek, seeked = 0.0, 0, allow_seek, False
     try:
-        while position <= last and position < limit:
-            if not capture.grab():
+        for index in (int(i) for i in indices):
+            if index >= limit:
                 break
-            if position in wanted:
-                ok, frame = capture.retrieve()
-                if not ok or frame is None:
+            gap = index - position
+            if seek and gap >= SEEK_MIN_GAP:
+                start = time.perf_counter()
+                if not capture.set(cv2.CAP_PROP_POS_FRAMES, index) or int(capture.get(cv2.CAP_PROP_POS_FRAMES)) != index:
                     break
-                kept[position] = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-            position += 1
+                position, seeked = index, True
+                if not capture.grab():
+                    break
+                seek_seconds = time.perf_counter() - start
+                if grabs and seek_seconds > gap * grab_seconds / grabs:
+                    seek = False
+            else:
+                start = time.perf_counter()
+                while position < index:
+                    if not capture.grab():
+                        return kept, position, seeked
+                    position += 1
+                if not capture.grab():
+                    break
+                grab_seconds += time.perf_counter() - start
+                grabs += gap + 1
+            ok, frame = capture.retrieve()
+            if not ok or frame is None:
+                break
+            kept[index] = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            position = index + 1
     finally:
         capture.release()
-    return kept, position
+    return kept, position, seeked
 
 
 def decode_video(path, plan):
@@ -149,14 +178,20 @@ def decode_video(path, plan):
     """
     capture = _open(path)
     reported = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-    capture.release()
+    if reported <= 0:
+        capture.release()
+        capture = None
     num_frames = reported if reported > 0 else count_video_frames(path)
     for _ in range(4):
         if num_frames <= 0:
             raise BadSampleError(path, "no frame decodes (empty or corrupt video)")
         indices = np.asarray(plan(num_frames), dtype=np.int64)
         unique = np.unique(indices)
-        kept, decoded = _read_indices(path, unique, limit=num_frames)
+        kept, decoded, seeked = _read_indices(path, unique, limit=num_frames, capture=capture)
+        capture = None
+        if seeked and not all(int(i) in kept for i in unique):
+            # Seeking past the real end proves nothing about the true count: read in order to find it.
+            kept, decoded, _ = _read_indices(path, unique, limit=num_frames, allow_seek=False)
         if all(int(i) in kept for i in unique):
             return np.stack([kept[int(i)] for i in indices.reshape(-1)]).reshape(
                 indices.shape + kept[int(unique[0])].shape), num_frames
