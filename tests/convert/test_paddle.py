@@ -124,3 +124,15 @@ def test_reads_tensors_pickled_as_name_array_pairs(tmp_path):
     state = read_pdparams(str(path))
     assert list(state) == ["conv1_weights"]
     np.testing.assert_array_equal(state["conv1_weights"], kernel)
+
+
+def test_parity_check_sees_the_shift_direction(reference):
+    """Negative control: the same weights in a model shifting the official way miss by far, so the
+    tolerance above does test the convention, not only the weight mapping."""
+    from tsm_keras.convert.converted import assign_converted
+    from tsm_keras.models import build_tsm
+
+    model = build_tsm(CLASSES, num_segments=NUM_SEG, convention="tsm")
+    assign_converted(model, convert_paddle_state(reference["params"]), strict_build=False)
+    delta = float(np.max(np.abs(keras_logits(model, reference["clip"]) - reference["logits"])))
+    assert delta > 1e-2 * float(np.max(np.abs(reference["logits"])))
