@@ -1,0 +1,215 @@
+"""Input pipeline speed, clips/s on one core: tsm-keras (frames, videos, TFRecords) vs PaddleVideo's own pipeline.
+
+    python benchmarks/input_speed.py [--videos 6] [--seconds 8] [--cache data_cache/input_speed]
+
+Generates its own 10 s 340x256 30 fps clips (mp4v .mp4, their JPEG frame folders, TFRecords), then
+times, each in a fresh process pinned to one CPU, the TSM training transform at 8 segments and 224
+crops: tsm-keras `build_dataset(split="train")` (uint8 clips: normalization is in the model) and
+PaddleVideo's `tsm_k400_{frames,videos}.yaml` train pipeline (Sampler select_left, Scale 256,
+MultiScaleCrop 256, RandomCrop 224, RandomFlip, Image2Array, Normalization; VideoDecoder decord),
+its `loader/pipelines` modules loaded by file path. Prints one JSON object.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+NUM_SEGMENTS, IMAGE_SIZE, SCALE_SIZE = 8, 224, 256
+WIDTH, HEIGHT, FPS, SECONDS = 340, 256, 30, 10
+
+
+def generate(cache, num_videos):
+    """mp4 videos, frame folders and lists in `cache` (kept between runs)."""
+    import cv2
+    import numpy as np
+
+    os.makedirs(cache, exist_ok=True)
+    video_rows, frame_rows = [], []
+    for v in range(num_videos):
+        video = os.path.join(cache, "videos", f"clip{v}.mp4")
+        frames_dir = os.path.join(cache, "frames", f"clip{v}")
+        video_rows.append(f"videos/clip{v}.mp4 {v % 4}")
+        frame_rows.append(f"frames/clip{v} {FPS * SECONDS} {v % 4}")
+        if os.path.isfile(video) and os.path.isdir(frames_dir):
+            continue
+        rng = np.random.default_rng(v)
+        os.makedirs(os.path.dirname(video), exist_ok=True)
+        os.makedirs(frames_dir, exist_ok=True)
+        writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"mp4v"), FPS, (WIDTH, HEIGHT))
+        yy, xx = np.mgrid[:HEIGHT, :WIDTH].astype(np.float32)
+        base = np.stack([xx / WIDTH * 200, yy / HEIGHT * 200, (xx + yy) / (WIDTH + HEIGHT) * 255], -1)
+        shapes = [(rng.uniform(0, WIDTH), rng.uniform(0, HEIGHT), rng.uniform(-4, 4), rng.uniform(-4, 4),
+                   int(rng.uniform(10, 50)), tuple(int(c) for c in rng.integers(0, 255, 3))) for _ in range(6)]
+        for i in range(FPS * SECONDS):
+            image = base.copy()
+            for x, y, dx, dy, r, color in shapes:
+                cv2.circle(image, (int(x + dx * i) % WIDTH, int(y + dy * i) % HEIGHT), r, color, -1)
+            image = np.clip(image + rng.normal(0, 4, image.shape), 0, 255).astype(np.uint8)
+            writer.write(image)
+            cv2.imwrite(os.path.join(frames_dir, f"img_{i + 1:05d}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        writer.release()
+    with open(os.path.join(cache, "videos.txt"), "w") as f:
+        f.write("\n".join(video_rows) + "\n")
+    with open(os.path.join(cache, "frames.txt"), "w") as f:
+        f.write("\n".join(frame_rows) + "\n")
+
+
+def _pin_to_one_core():
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    os.sched_setaffinity(0, {cpu})
+    return cpu
+
+
+def time_tsm_keras(cache, data_format, seconds):
+    """Child process: clips/s of build_dataset(train) on one core."""
+    _pin_to_one_core()
+    import tensorflow as tf
+
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    sys.path.insert(0, ROOT)
+    from tsm_keras.config import Config
+    from tsm_keras.data import build_dataset
+
+    list_name = "frames.txt" if data_format == "frames" else "videos.txt"
+    config = Config(data_format=data_format, data_root=cache, train_list=os.path.join(cache, list_name),
+                    tfrecord_dir=os.path.join(cache, "tfrecords"), num_segments=NUM_SEGMENTS, image_size=IMAGE_SIZE,
+                    scale_size=SCALE_SIZE, num_classes=4)
+    dataset = build_dataset(config, "train", batch_size=0, repeat=True)
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 1
+    options.threading.max_intra_op_parallelism = 1
+    iterator = iter(dataset.with_options(options))
+    for _ in range(3):
+        clip, _ = next(iterator)
+    assert clip.shape == (NUM_SEGMENTS, IMAGE_SIZE, IMAGE_SIZE, 3), clip.shape
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        next(iterator)
+        count += 1
+    return count / (time.perf_counter() - start)
+
+
+def time_paddlevideo(cache, data_format, seconds):
+    """Child process: clips/s of PaddleVideo's TSM K400 train pipeline on one core."""
+    _pin_to_one_core()
+    sys.path.insert(0, HERE)
+    from paddlevideo_pipelines import load_paddlevideo_pipelines
+
+    sample, augmentations, decode = load_paddlevideo_pipelines()
+    if data_format == "frames":
+        decoder = decode.FrameDecoder()
+    else:
+        decoder = decode.VideoDecoder(backend="decord")
+    steps = [decoder, sample.Sampler(NUM_SEGMENTS, 1, valid_mode=False, select_left=True),
+             augmentations.Scale(SCALE_SIZE, fixed_ratio=False), augmentations.MultiScaleCrop(SCALE_SIZE),
+             augmentations.RandomCrop(IMAGE_SIZE), augmentations.RandomFlip(), augmentations.Image2Array(),
+             augmentations.Normalization(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])]
+    with open(os.path.join(cache, f"{data_format}.txt")) as f:
+        rows = [line.split() for line in f if line.strip()]
+
+    def one(row):
+        if data_format == "frames":
+            results = dict(frame_dir=os.path.join(cache, row[0]), frames_len=int(row[1]), labels=int(row[2]),
+                           suffix="img_{:05}.jpg")
+        else:
+            results = dict(filename=os.path.join(cache, row[0]), labels=int(row[1]))
+        for step in steps:
+            results = step(results)
+        return results["imgs"]
+
+    clip = one(rows[0])
+    assert clip.shape == (NUM_SEGMENTS, 3, IMAGE_SIZE, IMAGE_SIZE), clip.shape
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        one(rows[count % len(rows)])
+        count += 1
+    return count / (time.perf_counter() - start)
+
+
+def _child(kind, cache, data_format, seconds):
+    run = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", kind, "--format", data_format,
+                          "--cache", cache, "--seconds", str(seconds)], capture_output=True, text=True)
+    lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
+    if run.returncode != 0 or not lines:
+        return None, run.stderr[-800:]
+    return json.loads(lines[-1])["clips_per_second"], None
+
+
+def _versions():
+    """Installed versions, read from package metadata: importing paddle after TensorFlow crashes."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for name in ("tensorflow", "keras", "opencv-python-headless", "numpy", "paddlepaddle", "ppvideo", "decord",
+                 "pillow"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "unavailable"
+    return versions
+
+
+def _machine():
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return dict(platform=platform.platform(), cpu=model, cores=os.cpu_count(), load_average=load)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--videos", type=int, default=6)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--cache", default=os.path.join(ROOT, "data_cache", "input_speed"))
+    parser.add_argument("--child", choices=["tsm_keras", "paddlevideo"])
+    parser.add_argument("--format", default="frames")
+    args = parser.parse_args()
+    if args.child:
+        timer = time_tsm_keras if args.child == "tsm_keras" else time_paddlevideo
+        print(json.dumps({"clips_per_second": timer(args.cache, args.format, args.seconds)}))
+        return
+
+    generate(args.cache, args.videos)
+    sys.path.insert(0, ROOT)
+    if not os.path.isfile(os.path.join(args.cache, "tfrecords", "manifest.json")):
+        subprocess.run([sys.executable, os.path.join(ROOT, "app.py"), "--mode=tfrecords", "--data_format=frames",
+                        f"--data_root={args.cache}", f"--train_list={os.path.join(args.cache, 'frames.txt')}",
+                        f"--tfrecord_dir={os.path.join(args.cache, 'tfrecords')}", "--tfrecord_videos_per_shard=2",
+                        "--data_workers=1", "--num_classes=4"], check=True, capture_output=True)
+    results, errors = {}, {}
+    for data_format in ("frames", "videos", "tfrecord"):
+        ours, error = _child("tsm_keras", args.cache, data_format, args.seconds)
+        if error:
+            errors[f"tsm_keras/{data_format}"] = error
+        entry = {"tsm_keras": ours}
+        if data_format != "tfrecord":
+            theirs, error = _child("paddlevideo", args.cache, data_format, args.seconds)
+            if error:
+                errors[f"paddlevideo/{data_format}"] = error
+            entry["paddlevideo"] = theirs
+            entry["ratio"] = round(ours / theirs, 2) if ours and theirs else None
+        results[data_format] = entry
+    if results["tfrecord"]["tsm_keras"] and results["frames"]["tsm_keras"]:
+        results["tfrecord"]["ratio_to_frames"] = round(results["tfrecord"]["tsm_keras"] / results["frames"]["tsm_keras"], 2)
+    report = dict(benchmark="input_speed", unit="clips/s on one core", clip=dict(
+        seconds=SECONDS, fps=FPS, width=WIDTH, height=HEIGHT, num_segments=NUM_SEGMENTS, crop=IMAGE_SIZE,
+        transform="train: segment sampling, MultiScaleCrop, flip"), videos=args.videos,
+        machine=_machine(), versions=_versions(), results=results)
+    if errors:
+        report["errors"] = errors
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
