@@ -154,6 +154,27 @@ def test_multi_view_testing(trained_run):
     assert result["predictions"][0]["label"] == name
 
 
+def test_keras_file_and_export_formats_from_a_run(trained_run, tmp_path):
+    import keras
+
+    import tsm_keras
+    from tsm_keras.export import export_from_config, load_keras_model
+
+    model, _, labels = load_keras_model(trained_run["config"].model_dir, trained_run["config"])
+    model.save(tmp_path / "tsm.keras")
+    path, name = trained_run["videos"][6]
+    from_file = tsm_keras.load(str(tmp_path / "tsm.keras"), config=trained_run["config"]).predict_video(path)
+    assert from_file["predictions"][0]["label"] == name
+    config = trained_run["config"].replace(mode="export", weights=trained_run["config"].model_dir,
+                                           export_dir=str(tmp_path / "exports"), export_format="tflite",
+                                           tflite_quant="float16")
+    assert export_from_config(config) == 0
+    assert os.listdir(tmp_path / "exports") == [f"{model.name}_float16.tflite"]
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        export_from_config(config)
+    assert isinstance(keras.models.load_model(tmp_path / "tsm.keras", compile=False), tsm_keras.TSM)
+
+
 def test_bad_arrays_give_clear_errors(trained_run):
     import tsm_keras
 
