@@ -85,11 +85,12 @@ def test_features_match_keras_applications(resnet50_notop, tmp_path, layout):
 
 def test_imagenet_head_becomes_fc_logits(tmp_path):
     """With the classifier (`predictions`, taken without its softmax) the logits match at 1000 classes."""
-    app_model = keras.applications.ResNet50(weights=None, include_top=True, classifier_activation=None)
+    app_model = keras.applications.ResNet50(weights=None, include_top=True, classifier_activation=None,
+                                            input_shape=(SIZE, SIZE, 3))
     randomize(app_model, seed=2)
     path = str(tmp_path / "resnet50.h5")
     write_like_keras_download(app_model, path)
-    frames = np.random.default_rng(3).normal(0.0, 50.0, size=(1, 224, 224, 3)).astype(np.float32)
+    frames = np.random.default_rng(3).normal(0.0, 50.0, size=(1, SIZE, SIZE, 3)).astype(np.float32)
     want = np.asarray(app_model(frames, training=False))
     with pytest.raises(ConversionError, match="1000 classes"):
         load_model_from_source(path, num_classes=10, num_segments=1, shift="none")

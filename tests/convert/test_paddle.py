@@ -102,9 +102,10 @@ def test_unknown_missing_and_shape_errors(reference, tmp_path):
     wrong = dict(state, res2a_branch2b_weights=np.zeros((64, 64, 1, 1), np.float32))
     with pytest.raises(ConversionError, match="res2a_branch2b"):
         assign_converted(model, convert_paddle_state(wrong))
-    tsm_model = build_tsm(CLASSES, num_segments=NUM_SEG)  # convention "tsm": would compute something else
-    with pytest.raises(ConversionError, match="convention='paddle'"):
-        assign_converted(tsm_model, convert_paddle_state(state))
+    converted = convert_paddle_state(state)
+    converted.build["convention"] = "tsm"  # as if the model were built with the official convention
+    with pytest.raises(ConversionError, match="convention='tsm'"):
+        assign_converted(model, converted)
 
 
 def test_refuses_pickled_code(tmp_path):
