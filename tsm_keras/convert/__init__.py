@@ -25,7 +25,8 @@ __all__ = ["ConversionError", "ConvertedWeights", "FORMATS", "build_model_from_s
 
 FORMATS = {
     "keras": ".keras model from this project (architecture + weights)",
-    "keras-weights": ".weights.h5 saved from this project's model (needs the same architecture arguments)",
+    "keras-weights": ".weights.h5 saved from this project's model (with the .architecture.json --mode=convert "
+                     "writes beside it, or the same architecture arguments)",
     "paddle": "PaddleVideo .pdparams (structured or parameter names)",
     "pytorch": "official TSM PyTorch .pth / .pth.tar (needs torch)",
     "keras-applications": "keras.applications ResNet50/101 .h5",
