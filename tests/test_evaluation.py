@@ -1,0 +1,74 @@
+"""Metrics against hand counts, multi-view averaging, and the report files."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tsm_keras.evaluation import average_views, compute_metrics, predict_dataset, topk_hits, write_reports
+
+
+def test_metrics_by_hand():
+    # 3 classes; labels 0,0,1,2,2,2. argmax: 0,1,1,2,0,2 -> 4/6 correct.
+    logits = np.array([[5, 1, 0], [1, 5, 0], [0, 5, 1], [0, 1, 5], [5, 0, 1], [0, 1, 5]], np.float32)
+    labels = np.array([0, 0, 1, 2, 2, 2])
+    m = compute_metrics(logits, labels, 3)
+    assert m["top1"] == pytest.approx(4 / 6)
+    assert m["top5"] == 1.0  # top-min(5, 3) = top-3 always hits
+    # per class: 1/2, 1/1, 2/3 -> mean (0.5 + 1 + 0.6667) / 3
+    np.testing.assert_allclose(m["per_class_accuracy"], [0.5, 1.0, 2 / 3])
+    assert m["mean_class_accuracy"] == pytest.approx((0.5 + 1 + 2 / 3) / 3)
+    np.testing.assert_array_equal(m["confusion"], [[1, 1, 0], [0, 1, 0], [1, 0, 2]])
+    # top-2: row 4 (label 2, scores 5,0,1) has 2 in its top 2; row 1 (label 0, scores 1,5,0) too.
+    np.testing.assert_array_equal(topk_hits(logits, labels, 2), [True, True, True, True, True, True])
+
+
+def test_class_without_samples_is_left_out_of_the_mean():
+    m = compute_metrics(np.eye(3)[[0, 0]], np.array([0, 1]), 3)
+    assert np.isnan(m["per_class_accuracy"][2])
+    assert m["mean_class_accuracy"] == pytest.approx(0.5)
+
+
+def test_multi_view_scores_are_averaged_per_video():
+    logits = np.array([[1, 0], [3, 4], [0, 2], [2, 2]], np.float32)  # 2 videos x 2 views
+    np.testing.assert_allclose(average_views(logits, 2), [[2, 2], [1, 2]])
+
+
+class _Sum:
+    """A model whose logits are the per-channel sums of the clip: easy to predict by hand."""
+
+    def __call__(self, clips, training=False):
+        x = tf.cast(clips, tf.float32)
+        return tf.stack([tf.reduce_sum(x[..., 0], [1, 2, 3]), tf.reduce_sum(x[..., 1], [1, 2, 3])], -1)
+
+
+def test_predict_dataset_flattens_and_averages_views():
+    clips = np.random.default_rng(0).integers(0, 255, (4, 3, 2, 4, 4, 3)).astype(np.uint8)  # 4 videos, 3 views
+    labels = np.array([0, 1, 0, 1], np.int32)
+    ds = tf.data.Dataset.from_tensor_slices((clips, labels)).batch(3)
+    logits, got_labels = predict_dataset(_Sum(), ds)
+    x = clips.astype(np.float64)
+    expected = np.stack([x[..., 0].sum((2, 3, 4)), x[..., 1].sum((2, 3, 4))], -1).mean(1)
+    np.testing.assert_allclose(logits, expected, rtol=1e-5)
+    np.testing.assert_array_equal(got_labels, labels)
+
+
+def test_reports(tmp_path):
+    import cv2
+
+    names = ["moving_right", "moving_left", "growing"]
+    m = compute_metrics(np.eye(3)[[0, 1, 1, 2]], np.array([0, 0, 1, 2]), 3)
+    paths = write_reports(str(tmp_path), m, names)
+    summary = json.loads(open(paths["json"]).read())
+    assert summary["top1"] == 0.75 and summary["label_names"] == names
+    rows = list(csv.DictReader(open(paths["csv"])))
+    assert rows[0]["class_name"] == "moving_right" and rows[0]["accuracy"] == "0.5000"
+    assert rows[0]["most_confused_with"] == "moving_left" and rows[0]["most_confused_count"] == "1"
+    image = cv2.imread(paths["png"])
+    assert image is not None and image.shape[0] > 100 and image.shape[1] > 100
+    assert (image < 200).any()  # cells and names were drawn
+    # Many classes still render (no names when cells are tiny).
+    big = compute_metrics(np.eye(400)[np.arange(400)], np.arange(400), 400)
+    assert cv2.imread(write_reports(str(tmp_path / "big"), big, [f"class {i}" for i in range(400)])["png"]) is not None

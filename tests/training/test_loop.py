@@ -1,0 +1,192 @@
+"""The training loop end to end on tiny inputs: train + eval, strategies, kill -9 + resume, precisions.
+
+ResNet-18 TSM, 4 segments x 32 px, two time-reversed classes (tests/training/fake_data.py).
+Strategy and kill tests run the loop in subprocesses (logical CPU devices and TF_CONFIG must be set
+before TensorFlow starts).
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import fake_data
+from tsm_keras.config import Config
+from tsm_keras.evaluation import build_model_for, evaluate
+from tsm_keras.training.loop import NonFiniteLossError, train
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RUNNER = os.path.join(HERE, "run_train.py")
+REPO = os.path.dirname(os.path.dirname(HERE))
+
+
+def _config(model_dir, **changes):
+    values = dict(model_dir=str(model_dir), data_format="synthetic", backbone="resnet18", num_classes=2,
+                  num_segments=4, image_size=32, scale_size=32, batch_size=4, lr=0.02, lr_values=[0.02],
+                  lr_boundaries=[], lr_batch_size=0, epochs=2, steps_per_epoch=4, dropout=0.0,
+                  strategy="one_device", checkpoint_every=0, validate=True, seed=0)
+    values.update(changes)
+    return Config(**values)
+
+
+def _run(config, *extra, env=None, wait=True):
+    path = os.path.join(config.model_dir + ".json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(config.to_json())
+    full_env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {}))
+    process = subprocess.Popen([sys.executable, RUNNER, path, *extra], env=full_env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    if not wait:
+        return process
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output[-3000:]
+    return output
+
+
+def _weights(config, path=None):
+    model = build_model_for(config)
+    model.load_weights(path or os.path.join(config.model_dir, "model.weights.h5"))
+    return model.get_weights()
+
+
+def test_train_then_eval_reproduces_top1_and_writes_artefacts(tmp_path, capsys):
+    config = _config(tmp_path / "run", checkpoint_every=3)
+    metrics = train(config, data=fake_data)
+    out = capsys.readouterr().out
+    assert f"top1={metrics['top1']:.4f} top5={metrics['top5']:.4f}" in out.splitlines()[-1]
+    run = tmp_path / "run"
+    for name in ("config.json", "labels.txt", "model.weights.h5", "best.weights.h5", "metrics.jsonl",
+                 "eval_metrics.json", "per_class_accuracy.csv", "confusion_matrix.png"):
+        assert (run / name).exists(), name
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2] and all("val_top1" in r for r in lines)
+    assert sorted(os.listdir(run / "checkpoints"))[-1] == "ckpt-000000008"
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(run / "tensorboard"))
+    # Eval needs only the run folder: the model comes from config.json, the names from labels.txt.
+    eval_metrics = evaluate(Config(mode="eval", weights=str(run)),
+                            dataset=fake_data.build_dataset(config, "val", batch_size=4, shuffle=False))
+    assert eval_metrics["top1"] == metrics["top1"] and eval_metrics["top5"] == metrics["top5"]
+    assert f"top1={metrics['top1']:.4f}" in capsys.readouterr().out
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
+    config = _config(tmp_path / "run", lr=1e30, lr_values=[1e30], clip_norm=0.0, epochs=1, validate=False)
+    with pytest.raises(NonFiniteLossError, match="last good checkpoint"):
+        train(config, data=fake_data)
+
+
+def test_mirrored_over_two_logical_cpus_matches_one_device(tmp_path):
+    single = _config(tmp_path / "single", epochs=1, validate=False, lr=0.005, lr_values=[0.005])
+    mirrored = _config(tmp_path / "mirrored", epochs=1, validate=False, lr=0.005, lr_values=[0.005],
+                       strategy="mirrored")
+    _run(single, "--logical_cpus=2")
+    output = _run(mirrored, "--logical_cpus=2")
+    assert "top1=" in output
+    initial = _initial_weights(single)
+    a, b = _weights(single), _weights(mirrored)
+    names = [v.path for v in build_model_for(single).weights]
+    for name, w0, wa, wb in zip(names, initial, a, b):
+        if "moving" in name:  # per-replica BatchNorm statistics: 2 clips per replica instead of 4
+            continue
+        step_a, step_b = wa - w0, wb - w0
+        scale = np.abs(step_a).max() + 1e-12
+        assert np.abs(step_a - step_b).max() <= 0.25 * scale + 1e-6, name
+
+
+def _initial_weights(config):
+    import keras
+
+    keras.utils.set_random_seed(config.seed)
+    return build_model_for(config).get_weights()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_multi_worker_completes_and_workers_agree(tmp_path):
+    config = _config(tmp_path / "run", epochs=1, strategy="multi_worker", validate=False)
+    workers = [f"localhost:{_free_port()}", f"localhost:{_free_port()}"]
+    processes = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
+        processes.append(_run(config, env={"TF_CONFIG": tf_config}, wait=False))
+    outputs = []
+    for process in processes:
+        output, _ = process.communicate(timeout=600)
+        outputs.append(output)
+        assert process.returncode == 0, output[-3000:]
+    finals = [[line for line in out.splitlines() if line.startswith("top1=")][-1] for out in outputs]
+    assert finals[0] == finals[1]
+    chief = _weights(config)
+    other = _weights(config, os.path.join(config.model_dir, "workers", "worker-1.weights.h5"))
+    for a, b in zip(chief, other):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_kill_9_mid_epoch_then_rerun_ends_with_the_same_weights(tmp_path):
+    common = dict(epochs=2, checkpoint_every=1, deterministic=True, dropout=0.5, validate=False)
+    reference = _config(tmp_path / "reference", **common)
+    _run(reference)
+    interrupted = _config(tmp_path / "interrupted", **common)
+    process = _run(interrupted, wait=False)
+    checkpoints = tmp_path / "interrupted" / "checkpoints"
+    deadline = time.time() + 300
+    while not (checkpoints / "ckpt-000000003").exists():
+        assert process.poll() is None and time.time() < deadline, "no checkpoint at step 3"
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    # Resume from step 3 (mid-epoch 1), as if the kill had come right after that checkpoint.
+    for name in os.listdir(checkpoints):
+        if name.startswith("ckpt-") and int(name.split("-")[1]) > 3:
+            import shutil
+            shutil.rmtree(checkpoints / name)
+    output = _run(interrupted)
+    assert "resumed from" in output and "at step 3" in output
+    for a, b in zip(_weights(reference), _weights(interrupted)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_steps_run_and_lower_the_loss(precision):
+    import keras
+    import tensorflow as tf
+
+    from tsm_keras.training.optimizer import build_optimizer
+    from tsm_keras.training.precision import set_precision
+
+    set_precision(precision)
+    config = _config("unused", precision=precision, lr=0.01, lr_values=[0.01])
+    model = build_model_for(config)
+    assert model.get_layer("res2a_branch2a").compute_dtype == precision.split("_")[1]
+    optimizer = build_optimizer(config, model, 0.01)
+    optimizer.build(model.trainable_variables)
+    clips, labels = fake_data.make_clips(4, 4, 32, seed=3)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            logits = model(clips, training=True)
+            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+            scaled = optimizer.scale_loss(loss)
+        optimizer.apply(tape.gradient(scaled, model.trainable_variables), model.trainable_variables)
+        return loss, logits
+
+    losses = []
+    for _ in range(4):
+        loss, logits = step()
+        losses.append(float(loss))
+    assert logits.dtype == tf.float32 and all(np.isfinite(losses))
+    assert losses[-1] < losses[0], losses
+    if precision == "mixed_float16":
+        assert float(optimizer.loss_scale) > 1.0
