@@ -20,8 +20,13 @@ def load_keras_model(weights, config):
     num_classes = int(model.output_shape[-1])
     label_names = load_label_names(run_config.replace(num_classes=num_classes), model_dir)
     if len(label_names) != num_classes:
-        raise ValueError(f"{len(label_names)} label names for a model with {num_classes} classes: set --label_map "
-                         f"to the label map the model was trained with.")
+        if run_config.label_map:
+            raise ValueError(f"--label_map={run_config.label_map} has {len(label_names)} names for a model with "
+                             f"{num_classes} classes: pass the label map the model was trained with.")
+        # Only a default guessed them (e.g. the synthetic dataset's 8 classes for a K400 checkpoint).
+        print(f"note: no label map for this {num_classes}-class model (--label_map): classes are named "
+              f"\"0\"..\"{num_classes - 1}\"", flush=True)
+        label_names = [str(i) for i in range(num_classes)]
     return model, run_config, label_names
 
 
