@@ -23,8 +23,11 @@ from tsm_keras.data.decode import BAD_SAMPLES, BadSampleError
 log = logging.getLogger(__name__)
 
 AUTOTUNE = tf.data.AUTOTUNE
-# Shuffle buffer for TFRecord elements (whole videos, ~MBs each); list entries are shuffled in full.
-TFRECORD_SHUFFLE_BUFFER = 64
+# Shuffle buffer for TFRecord elements (after frame selection: ~T JPEGs each); list entries are
+# shuffled in full.
+TFRECORD_SHUFFLE_BUFFER = 256
+# Records are whole videos (MBs): read them in large chunks.
+TFRECORD_READ_BUFFER = 8 << 20
 TFRECORD_CONTEXT = {
     "label": tf.io.FixedLenFeature([], tf.int64),
     "num_frames": tf.io.FixedLenFeature([], tf.int64),
@@ -241,12 +244,11 @@ def build_dataset(config, split, *, batch_size=None, shuffle=None, repeat=False,
             dataset = dataset.shard(num_shards, shard_index)
         if shuffle:
             dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-        dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8), block_length=1,
+        dataset = dataset.interleave(lambda f: tf.data.TFRecordDataset(f, buffer_size=TFRECORD_READ_BUFFER),
+                                     cycle_length=min(len(files), 8), block_length=1,
                                      num_parallel_calls=AUTOTUNE, deterministic=True)
         if not shard_files and num_shards > 1:
             dataset = dataset.shard(num_shards, shard_index)
-        if shuffle:
-            dataset = dataset.shuffle(TFRECORD_SHUFFLE_BUFFER, seed=seed + 1, reshuffle_each_iteration=True)
     else:
         config, label_names = resolve_lists(config)
         records = lists.read_list(_split_list(config, split), config.data_format, config.data_root,
@@ -268,14 +270,22 @@ def build_dataset(config, split, *, batch_size=None, shuffle=None, repeat=False,
     if config.data_format == "tfrecord":
         planner = _index_planner(num_segments, training, num_clips, policy)
 
-        def load(serialized, rand):
+        def select(serialized, rand):
+            """Whole video record -> the JPEGs of the sampled frames (small, so shuffling them is cheap)."""
             context, sequence = tf.io.parse_single_sequence_example(serialized, TFRECORD_CONTEXT, TFRECORD_SEQUENCE)
             indices, ok = tf.numpy_function(planner, [context["num_frames"], context["path"], rand],
                                             [tf.int64, tf.bool], stateful=False)
-            jpegs = tf.concat([sequence["frames"], [_PLACEHOLDER_JPEG]], 0)
-            indices = tf.where(indices < 0, tf.cast(tf.shape(jpegs)[0] - 1, tf.int64), indices)
-            jpegs = tf.reshape(tf.gather(jpegs, indices), [size])
-            return _from_jpegs(jpegs, tf.cast(context["label"], tf.int32), tf.reshape(ok, []), rand)
+            ok = tf.reshape(ok, [])
+            jpegs = tf.cond(ok, lambda: tf.gather(sequence["frames"], tf.maximum(indices, 0)),
+                            lambda: tf.fill([size], tf.constant(_PLACEHOLDER_JPEG)))
+            return tf.reshape(jpegs, [size]), tf.cast(context["label"], tf.int32), ok, rand
+
+        dataset = dataset.map(select, num_parallel_calls=AUTOTUNE, deterministic=True)
+        if shuffle:
+            dataset = dataset.shuffle(TFRECORD_SHUFFLE_BUFFER, seed=seed + 1, reshuffle_each_iteration=True)
+
+        def load(jpegs, label, ok, rand):
+            return _from_jpegs(jpegs, label, ok, rand)
     elif config.data_format == "frames":
         reader = _frames_reader(config.frame_template, num_segments, training, num_clips, policy)
 
