@@ -86,3 +86,18 @@ def test_extraction_resumes_and_skips_bad_videos(tmp_path, media):
 def test_nothing_to_prepare_says_what_to_pass():
     with pytest.raises(ValueError, match="--prepare_videos_dir"):
         prepare(Config())
+
+
+def test_app_prepare_mode(tmp_path):
+    import subprocess
+    import sys
+
+    root = tmp_path / "k"
+    write_video(str(root / "train" / "a" / "v.avi"), 4)
+    write_video(str(root / "val" / "a" / "w.avi"), 5)
+    app = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "app.py")
+    run = subprocess.run([sys.executable, app, "--mode=prepare", f"--prepare_videos_dir={root}",
+                          f"--frames_dir={tmp_path / 'frames'}"], capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "next: python app.py --mode=train --data_format=frames" in run.stdout
+    assert (tmp_path / "frames" / "val_frames.txt").read_text() == "val/a/w 5 0\n"

@@ -91,3 +91,19 @@ def test_tfrecord_format_without_shards_says_what_to_do(tmp_path):
     config = Config(data_format="tfrecord", tfrecord_dir=str(tmp_path / "none"))
     with pytest.raises(FileNotFoundError, match="--mode=tfrecords"):
         build_dataset(config, "train")
+
+
+def test_app_tfrecords_mode(media):
+    import subprocess
+    import sys
+
+    (media / "frames.txt").write_text("frames/a 24 1\nframes/b 24 2\n")
+    app = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "app.py")
+    run = subprocess.run([sys.executable, app, "--mode=tfrecords", "--data_format=frames", f"--data_root={media}",
+                          f"--train_list={media / 'frames.txt'}", f"--tfrecord_dir={media / 'out'}",
+                          "--num_classes=3", "--data_workers=2", "--tfrecord_videos_per_shard=1"],
+                         capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "train: 2 videos, 48 frames in 2 shards; 0 skipped" in run.stdout
+    assert sorted(f for f in os.listdir(media / "out") if f.endswith(".tfrecord")) == [
+        "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
