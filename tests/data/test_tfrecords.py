@@ -41,6 +41,9 @@ def test_frames_round_trip_byte_for_byte(media):
         for i, data in enumerate(frames):
             assert data == open(os.path.join(path, f"img_{i + 1:05d}.jpg"), "rb").read()
     assert manifest["train"]["num_shards"] == 2 and manifest["train"]["videos"] == 2
+    from tsm_keras.data import num_samples
+    assert num_samples(_config(media, data_format="tfrecord"), "train") == 2
+    assert num_samples(_config(media), "train") == 2
     assert manifest["train"]["frames"] == 48 and manifest["train"]["skipped"] == 0
     assert not [f for f in os.listdir(media / "records") if f.endswith(".tmp")]
 

@@ -210,6 +210,24 @@ def _tfrecord_files(config, split):
     return files
 
 
+def num_samples(config, split):
+    """Videos in `split` before any skipping: the list's entries, or the TFRecord manifest's count."""
+    _is_training(split)
+    if config.data_format == "tfrecord":
+        name = "train" if split == "train" else "val"
+        manifest_path = os.path.join(config.tfrecord_dir, "manifest.json")
+        if not os.path.isfile(manifest_path):
+            raise FileNotFoundError(f"{manifest_path} not found: convert first with --mode=tfrecords")
+        with open(manifest_path) as f:
+            entry = json.load(f).get(name)
+        if not entry:
+            raise FileNotFoundError(f"{manifest_path} has no {name!r} split: convert its list with --mode=tfrecords")
+        return int(entry["videos"])
+    config, label_names = resolve_lists(config)
+    return len(lists.read_list(_split_list(config, split), config.data_format, config.data_root,
+                               num_classes=len(label_names)))
+
+
 def build_dataset(config, split, *, batch_size=None, shuffle=None, repeat=False, num_shards=1, shard_index=0,
                   seed=None):
     """tf.data.Dataset of `(clips uint8 [batch, T, H, W, 3] or [batch, views, T, H, W, 3], labels int32 [batch])`.
