@@ -57,6 +57,14 @@ def load_label_names(config):
     if config.data_format == "synthetic":
         from tsm_keras.data.synthetic import SYNTHETIC_CLASSES
         return list(SYNTHETIC_CLASSES)
+    if config.data_format == "tfrecord":
+        # The conversion recorded the names it was given (index names when it had no label map).
+        manifest_path = os.path.join(config.tfrecord_dir, "manifest.json")
+        if os.path.isfile(manifest_path):
+            with open(manifest_path) as f:
+                names = json.load(f).get("label_names")
+            if names and not all(name == str(i) for i, name in enumerate(names)):
+                return list(names)
     return [str(i) for i in range(int(config.num_classes))]
 
 
@@ -238,7 +246,7 @@ def build_dataset(config, split, *, batch_size=None, shuffle=None, repeat=False,
         test_clips, test_crops, seed, batch_size).
       split: "train" (random segment sampling, MultiScaleCrop, flip if config.flip) or "val"/"test"
         (segment centres, short side to scale_size, centre or three crops).
-      batch_size: default config.batch_size; None-able for unbatched elements with batch_size=0.
+      batch_size: default config.batch_size; 0 yields single unbatched elements.
       shuffle: default True for train. repeat: repeat forever.
       num_shards, shard_index: this input pipeline's share (one per worker).
       seed: default config.seed; the same seed gives the same clips in the same order.
