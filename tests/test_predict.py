@@ -41,7 +41,7 @@ def trained_run(tmp_path_factory):
     keras.utils.set_random_seed(0)
     model = build_model_for(config)
     model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(clips, labels, batch_size=len(labels), epochs=25, verbose=0)
+    model.fit(clips, labels, batch_size=len(labels), epochs=20, verbose=0)
     # The run folder as the training loop writes it.
     os.makedirs(config.model_dir)
     config.save(os.path.join(config.model_dir, CONFIG_FILE))
