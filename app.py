@@ -90,6 +90,8 @@ flags.DEFINE_integer("lr_batch_size", 128, "Global batch the lr values are for; 
 flags.DEFINE_enum("lr_schedule", "piecewise", ["piecewise", "cosine"], "Learning-rate schedule by epoch.")
 flags.DEFINE_float("warmup_epochs", 0.0, "Linear lr warmup epochs (0 = none, as PaddleVideo's TSM).")
 flags.DEFINE_float("fc_weight_decay", 1e-4, "L2 decay on the FC kernel (PaddleVideo TSMHead's own).")
+flags.DEFINE_float("fc_lr_mult", 5.0, "lr multiplier of the FC kernel (PaddleVideo TSMHead: 5).")
+flags.DEFINE_float("fc_bias_lr_mult", 10.0, "lr multiplier of the FC bias (PaddleVideo TSMHead: 10).")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 
 # Execution.

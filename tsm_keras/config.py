@@ -76,6 +76,8 @@ class Config:
     lr_schedule: str = "piecewise"  # piecewise | cosine
     warmup_epochs: float = 0.0
     fc_weight_decay: float = 1e-4  # PaddleVideo TSMHead's own L2Decay on the FC kernel
+    fc_lr_mult: float = 5.0  # TSMHead ParamAttr(learning_rate=5.0) on the FC kernel
+    fc_bias_lr_mult: float = 10.0  # ... and 10.0 on the FC bias
     seed: int = 0
 
     # Execution.

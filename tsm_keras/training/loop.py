@@ -243,8 +243,14 @@ def count_samples(config, split, data):
     """Number of videos in `split`: the data pipeline's count if it has one, else the list file's lines."""
     if hasattr(data, "num_samples"):
         return int(data.num_samples(config, split))
-    if hasattr(data, "resolve_lists") and config.data_format != "tfrecord":
-        config, _ = data.resolve_lists(config)  # the synthetic format generates its lists here
+    resolve_lists = getattr(data, "resolve_lists", None)
+    if resolve_lists is None:
+        try:
+            from tsm_keras.data.pipeline import resolve_lists
+        except ImportError:
+            resolve_lists = None
+    if resolve_lists is not None and config.data_format != "tfrecord":
+        config, _ = resolve_lists(config)  # the synthetic format generates its lists here
     path = config.train_list if split == "train" else config.val_list
     if path and not os.path.exists(path) and config.data_root:
         path = os.path.join(config.data_root, path)

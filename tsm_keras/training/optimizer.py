@@ -26,7 +26,8 @@ FC_KERNEL_LR_MULT = 5.0
 FC_BIAS_LR_MULT = 10.0
 
 
-def paddle_recipe_rules(model, weight_decay, fc_weight_decay, fc_layer=FC_LAYER):
+def paddle_recipe_rules(model, weight_decay, fc_weight_decay, fc_layer=FC_LAYER, fc_lr_mult=FC_KERNEL_LR_MULT,
+                        fc_bias_lr_mult=FC_BIAS_LR_MULT):
     """`(decay, lr_mult)`: dicts variable path -> L2 coefficient / lr multiplier, from layer types.
 
     Conv kernels (every `Conv2D`, depthwise included) decay by `weight_decay`; the kernel of the
@@ -41,9 +42,9 @@ def paddle_recipe_rules(model, weight_decay, fc_weight_decay, fc_layer=FC_LAYER)
         elif isinstance(layer, keras.layers.Dense) and layer.name == fc_layer:
             if fc_weight_decay:
                 decay[layer.kernel.path] = float(fc_weight_decay)
-            lr_mult[layer.kernel.path] = FC_KERNEL_LR_MULT
+            lr_mult[layer.kernel.path] = float(fc_lr_mult)
             if layer.bias is not None:
-                lr_mult[layer.bias.path] = FC_BIAS_LR_MULT
+                lr_mult[layer.bias.path] = float(fc_bias_lr_mult)
     return decay, lr_mult
 
 
@@ -166,7 +167,9 @@ class PaddleMomentum(keras.optimizers.Optimizer):
 def build_optimizer(config, model, schedule):
     """The recipe's optimizer for `model`: Paddle momentum, decay/lr-multiplier rules, clipping."""
     decay, lr_mult = paddle_recipe_rules(model, config.weight_decay,
-                                         getattr(config, "fc_weight_decay", config.weight_decay))
+                                         getattr(config, "fc_weight_decay", config.weight_decay),
+                                         fc_lr_mult=getattr(config, "fc_lr_mult", FC_KERNEL_LR_MULT),
+                                         fc_bias_lr_mult=getattr(config, "fc_bias_lr_mult", FC_BIAS_LR_MULT))
     return PaddleMomentum(learning_rate=schedule, momentum=config.momentum, clip_norm=config.clip_norm,
                           decay=decay, lr_mult=lr_mult,
                           dynamic_loss_scale=config.precision == "mixed_float16")
