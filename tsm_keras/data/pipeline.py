@@ -99,6 +99,12 @@ def _rng(rand):
     return np.random.default_rng(int(rand) % (2 ** 63))
 
 
+def _as_bad_sample(error, path):
+    if isinstance(error, BadSampleError):
+        return error
+    return BadSampleError(path, f"cannot be read ({type(error).__name__}: {error})")
+
+
 def _skip_or_raise(error, policy):
     if policy == "fail":
         raise BadSampleError(error.path, f"{error.reason} (--on_bad_sample=fail; use skip to drop such samples)")
@@ -129,8 +135,8 @@ def _frames_reader(template, num_segments, training, num_clips, policy):
                 indices = _plan(true_count, num_segments, training, num_clips, _rng(rand)).reshape(-1)
                 data = decode.read_jpeg_files([decode.frame_path(frame_dir, template, i) for i in indices])
             return np.array(data, dtype=object), np.bool_(True)
-        except BadSampleError as error:
-            _skip_or_raise(error, policy)
+        except Exception as error:  # any failure on one sample is that sample's, never the epoch's
+            _skip_or_raise(_as_bad_sample(error, frame_dir), policy)
             return np.array([_PLACEHOLDER_JPEG] * size, dtype=object), np.bool_(False)
 
     return read
@@ -147,8 +153,8 @@ def _video_reader(num_segments, training, num_clips, policy):
             frames, _ = decode.decode_video(
                 path, lambda n: _plan(n, num_segments, training, num_clips, _rng(rng_seed)).reshape(-1))
             return frames, np.bool_(True)
-        except BadSampleError as error:
-            _skip_or_raise(error, policy)
+        except Exception as error:  # e.g. frames changing size mid-stream, an OpenCV error
+            _skip_or_raise(_as_bad_sample(error, path), policy)
             return np.zeros([size, 8, 8, 3], np.uint8), np.bool_(False)
 
     return read
