@@ -47,6 +47,7 @@ def main():
     parser.add_argument("--image_size", type=int, default=64)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--root", default="")
+    parser.add_argument("--models", default="tsm,tsn", help="comma-separated subset of tsm,tsn")
     args = parser.parse_args()
     import keras
     import tensorflow as tf
@@ -62,6 +63,8 @@ def main():
     val = build_dataset(config, "val")
     results = {}
     for name, shift in (("tsm", True), ("tsn", False)):
+        if name not in args.models.split(","):
+            continue
         keras.utils.set_random_seed(0)
         model = small_video_net(8, args.image_size, len(SYNTHETIC_CLASSES), shift)
         model.compile(optimizer=keras.optimizers.Adam(2e-3),
