@@ -4,9 +4,11 @@ PyTorch eager and PaddleVideo's ResNetTSM, measured in the same run.
     python benchmarks/serving_speed.py [--rounds 3] [--iters 5] [--threads 2] [--cache data_cache/serving_speed]
                                        [--backends saved_model,tflite_float32,...]
 
-Prints one JSON object: seconds per clip per backend (median over rounds of each round's median),
-ratios to our best float32 path, the targets, the machine and library versions, and the load
-average before and after (the 2 cores may be shared: compare rounds, rerun when busy).
+Prints one JSON object: seconds per clip per backend (median over rounds of each round's median, and
+the fastest round's), process CPU seconds per clip, ratios to our best float32 path and the targets
+on both, the machine and library versions, and the load average before and after. The 2 cores may
+be shared: when the load average is above the core count, the medians mostly measure the other
+jobs (OpenMP runtimes, torch and paddle, suffer most); compare the fastest round and rerun.
 
 Every backend runs in its own fresh process (paddle segfaults when imported after TensorFlow, and
 one runtime's thread pools must not slow another's), in alternating rounds so that drift in machine
@@ -239,12 +241,13 @@ def worker(backend, cache, threads, warmup, iters):
     run, version = make_runner(backend, cache, threads)
     for _ in range(warmup):
         run()
-    times = []
+    times, cpu_times = [], []
     for _ in range(iters):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         run()
         times.append(time.perf_counter() - start)
-    print(json.dumps({"backend": backend, "version": version, "times": times}))
+        cpu_times.append(time.process_time() - cpu_start)
+    print(json.dumps({"backend": backend, "version": version, "times": times, "cpu_times": cpu_times}))
 
 
 # ------------------------------------------------------------------------------------------- driver
@@ -292,6 +295,7 @@ def main():
     prepare_seconds = time.perf_counter() - prepare_start
     load_before = os.getloadavg()
     per_round = {b: [] for b in backends}
+    cpu_per_round = {b: [] for b in backends}
     versions, errors = {}, {}
     for _ in range(args.rounds):
         for backend in backends:
@@ -303,33 +307,43 @@ def main():
                 continue
             versions[backend] = out["version"]
             per_round[backend].append(statistics.median(out["times"]))
+            cpu_per_round[backend].append(statistics.median(out["cpu_times"]))
     load_after = os.getloadavg()
 
     seconds = {b: round(statistics.median(v), 4) for b, v in per_round.items() if v}
+    fastest = {b: round(min(v), 4) for b, v in per_round.items() if v}
+    cpu_seconds = {b: round(statistics.median(v), 4) for b, v in cpu_per_round.items() if v}
     spread = {b: [round(min(v), 4), round(max(v), 4)] for b, v in per_round.items() if v}
-    ours = {b: seconds[b] for b in OURS_FLOAT32 if b in seconds}
-    best = min(ours, key=ours.get) if ours else None
     result = {
         "benchmark": "serving latency, batch 1, TSM-ResNet-50, 8 x 224 x 224, float32 unless named",
         "seconds_per_clip": seconds,
+        "fastest_round_seconds_per_clip": fastest,
+        "cpu_seconds_per_clip": cpu_seconds,
         "round_medians_min_max": spread,
-        "best_ours_float32": best,
-        "ratios_to_best_ours": {b: round(s / seconds[best], 2) for b, s in seconds.items()} if best else {},
-        "targets": {},
+    }
+    # Ratios and targets on the median over rounds, and on the fastest round (closest to an idle
+    # machine when others share the cores).
+    for label, table in (("median", seconds), ("fastest_round", fastest)):
+        ours = {b: table[b] for b in OURS_FLOAT32 if b in table}
+        if not ours:
+            continue
+        best = min(ours, key=ours.get)
+        result[f"{label}_best_ours_float32"] = best
+        result[f"{label}_ratios_to_best_ours"] = {b: round(t / table[best], 2) for b, t in table.items()}
+        targets = {"best_ours_at_most_0.3s": table[best] <= 0.3}
+        if "torch_eager" in table:
+            targets["torch_eager_over_best_ours_at_least_2"] = table["torch_eager"] / table[best] >= 2.0
+        if "paddlevideo" in table:
+            targets["paddlevideo_over_best_ours_at_least_3"] = table["paddlevideo"] / table[best] >= 3.0
+        result[f"{label}_targets"] = targets
+    result.update({
         "errors": errors,
         "machine": machine(),
         "load_average_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
         "versions": versions,
         "settings": {"rounds": args.rounds, "iters": args.iters, "warmup": args.warmup, "threads": args.threads,
                      "prepare_seconds": round(prepare_seconds, 1), "wall_seconds": round(time.time() - started, 1)},
-    }
-    if best:
-        targets = {"best_ours_at_most_0.3s": seconds[best] <= 0.3}
-        if "torch_eager" in seconds:
-            targets["torch_eager_over_best_ours_at_least_2"] = seconds["torch_eager"] / seconds[best] >= 2.0
-        if "paddlevideo" in seconds:
-            targets["paddlevideo_over_best_ours_at_least_3"] = seconds["paddlevideo"] / seconds[best] >= 3.0
-        result["targets"] = targets
+    })
     print(json.dumps(result, indent=2))
 
 
