@@ -4,6 +4,8 @@ Same interface as the real pipeline (`build_dataset(config, split, *, batch_size
 num_shards, shard_index, seed)`, `load_label_names`), but nothing to decode: loop tests stay fast.
 """
 
+import os
+
 import numpy as np
 import tensorflow as tf
 
@@ -45,4 +47,9 @@ def build_dataset(config, split, *, batch_size=None, shuffle=None, repeat=False,
         ds = ds.shuffle(count, seed=config.seed if seed is None else seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
+    # FAKE_REPEAT_EACH=n: each clip n times in a row, so that with n = the global batch every replica
+    # sees the same clips and per-replica BatchNorm statistics equal the global ones.
+    each = int(os.environ.get("FAKE_REPEAT_EACH", "1"))
+    if each > 1 and training:
+        ds = ds.flat_map(lambda clip, label: tf.data.Dataset.from_tensors((clip, label)).repeat(each))
     return ds.batch(batch_size or config.batch_size, drop_remainder=training)

@@ -83,21 +83,25 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
 
 
 def test_mirrored_over_two_logical_cpus_matches_one_device(tmp_path):
-    single = _config(tmp_path / "single", epochs=1, validate=False, lr=0.005, lr_values=[0.005])
-    mirrored = _config(tmp_path / "mirrored", epochs=1, validate=False, lr=0.005, lr_values=[0.005],
-                       strategy="mirrored")
-    _run(single, "--logical_cpus=2")
-    output = _run(mirrored, "--logical_cpus=2")
+    # Every global batch holds one clip 4 times: per-replica BatchNorm statistics (2 clips) then equal
+    # the single device's (4 clips), so any difference would come from the gradient aggregation.
+    env = {"FAKE_REPEAT_EACH": "4"}
+    # A small lr keeps the 4 steps out of the chaotic regime where float summation order gets amplified.
+    small = dict(epochs=1, validate=False, lr=1e-4, lr_values=[1e-4])
+    single = _config(tmp_path / "single", **small)
+    mirrored = _config(tmp_path / "mirrored", strategy="mirrored", **small)
+    _run(single, "--logical_cpus=2", env=env)
+    output = _run(mirrored, "--logical_cpus=2", env=env)
     assert "top1=" in output
     initial = _initial_weights(single)
-    a, b = _weights(single), _weights(mirrored)
     names = [v.path for v in build_model_for(single).weights]
-    for name, w0, wa, wb in zip(names, initial, a, b):
-        if "moving" in name:  # per-replica BatchNorm statistics: 2 clips per replica instead of 4
-            continue
+    moved = 0
+    for name, w0, wa, wb in zip(names, initial, _weights(single), _weights(mirrored)):
         step_a, step_b = wa - w0, wb - w0
-        scale = np.abs(step_a).max() + 1e-12
-        assert np.abs(step_a - step_b).max() <= 0.25 * scale + 1e-6, name
+        scale = np.abs(step_a).max()
+        moved += scale > 0
+        np.testing.assert_allclose(step_b, step_a, rtol=0, atol=1e-2 * scale + 1e-7, err_msg=name)
+    assert moved > 50
 
 
 def _initial_weights(config):
@@ -129,8 +133,11 @@ def test_two_process_multi_worker_completes_and_workers_agree(tmp_path):
     assert finals[0] == finals[1]
     chief = _weights(config)
     other = _weights(config, os.path.join(config.model_dir, "workers", "worker-1.weights.h5"))
-    for a, b in zip(chief, other):
-        np.testing.assert_array_equal(a, b)
+    names = [v.path for v in build_model_for(config).weights]
+    for name, a, b in zip(names, chief, other):
+        if "moving" in name:
+            continue  # BatchNorm running statistics are per worker (each sees its own shard); the chief's are saved
+        np.testing.assert_array_equal(a, b, err_msg=name)
 
 
 def test_kill_9_mid_epoch_then_rerun_ends_with_the_same_weights(tmp_path):

@@ -54,11 +54,13 @@ def train(config, *, data=None, stop_after_steps=None):
 
     if data is None:
         data = default_data_module()
+    # MultiWorkerMirroredStrategy must exist before TensorFlow runs any op (collectives are
+    # configured at context startup), so the strategy comes first.
+    strategy = build_strategy(config.strategy)
     if getattr(config, "deterministic", False):
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
     set_precision(config.precision)
-    strategy = build_strategy(config.strategy)
     chief = is_chief(strategy)
     replicas = strategy.num_replicas_in_sync
     global_batch = int(config.batch_size)
@@ -74,6 +76,7 @@ def train(config, *, data=None, stop_after_steps=None):
     total_steps = steps_per_epoch * config.epochs
 
     model_dir = config.model_dir
+    _check_same_run(config, model_dir)
     if chief:
         os.makedirs(model_dir, exist_ok=True)
         config.save(os.path.join(model_dir, CONFIG_FILE))
@@ -228,6 +231,24 @@ def train(config, *, data=None, stop_after_steps=None):
     if final:
         print(f"top1={final['top1']:.4f} top5={final['top5']:.4f}", flush=True)
     return final
+
+
+def _check_same_run(config, model_dir):
+    """Refuse to resume a run of another network from `model_dir` (TSN has TSM's variables, exactly)."""
+    from tsm_keras.config import Config
+    from tsm_keras.evaluation import MODEL_FIELDS
+
+    saved_path = os.path.join(model_dir, CONFIG_FILE)
+    checkpoints = os.path.join(model_dir, "checkpoints")
+    if not (os.path.exists(saved_path) and os.path.isdir(checkpoints) and os.listdir(checkpoints)):
+        return
+    saved = Config.load(saved_path)
+    fields = MODEL_FIELDS + ("image_size", "precision")
+    diffs = [f"{f}={getattr(saved, f)!r} there, {getattr(config, f)!r} here" for f in fields
+             if getattr(saved, f) != getattr(config, f)]
+    if diffs:
+        raise ValueError(f"--model_dir={model_dir} holds checkpoints of another run ({'; '.join(diffs)}): "
+                         "pass another --model_dir, or delete that folder to start over.")
 
 
 def default_data_module():
