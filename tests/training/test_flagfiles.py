@@ -1,0 +1,46 @@
+"""Every recipe flagfile parses into the Config it promises (PaddleVideo's numbers)."""
+
+import glob
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)
+
+import app  # noqa: E402
+from tsm_keras.config import config_from_flags  # noqa: E402
+from tsm_keras.training.schedules import scaled_lr_values  # noqa: E402
+
+
+def _parse(*argv):
+    app.F.unparse_flags()
+    app.F(["app.py", *argv])
+    config = app._lists(config_from_flags(app.F))
+    return config.replace(precision="mixed_float16") if app.F.amp else config
+
+
+@pytest.mark.parametrize("name", ["tsm_k400_frames", "tsm_k400_videos", "tsm_k400_frames_nhwc"])
+def test_k400_recipes(name):
+    c = _parse(f"--flagfile={REPO}/flags/{name}.flags")
+    assert (c.mode, c.backbone, c.num_classes, c.num_segments, c.epochs, c.batch_size) == ("train", "resnet50", 400, 8, 50, 128)
+    assert scaled_lr_values(c) == pytest.approx([0.02, 0.002, 0.0002]) and c.lr_boundaries == [20, 40]
+    assert (c.weight_decay, c.fc_weight_decay, c.clip_norm, c.dropout, c.momentum) == (1e-4, 1e-4, 20.0, 0.5, 0.9)
+    assert c.precision == ("mixed_float16" if name.endswith("nhwc") else "float32")
+    # Flags after the flagfile override it; the lr follows the batch linearly.
+    c = _parse(f"--flagfile={REPO}/flags/{name}.flags", "--batch_size=32")
+    assert scaled_lr_values(c) == pytest.approx([0.005, 0.0005, 0.00005])
+
+
+@pytest.mark.parametrize("name", ["tsm_ucf101_frames", "tsm_ucf101_videos", "tsm_ucf101_frames_nhwc"])
+def test_ucf101_recipes(name):
+    c = _parse(f"--flagfile={REPO}/flags/{name}.flags")
+    assert (c.num_classes, c.epochs, c.batch_size, c.dropout, c.weight_decay, c.fc_weight_decay) == (101, 25, 64, 0.8, 0.0, 1e-4)
+    assert scaled_lr_values(c) == pytest.approx([0.001, 0.0001, 0.00001]) and c.lr_boundaries == [10, 20]
+    assert c.pretrained
+
+
+def test_quickstart():
+    c = _parse(f"--flagfile={REPO}/flags/quickstart.flags")
+    assert (c.data_format, c.backbone, c.flip, c.validate, c.mode) == ("synthetic", "resnet18", False, True, "train")
