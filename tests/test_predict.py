@@ -89,20 +89,24 @@ def test_predict_mode_prints_the_right_top1_and_goes_on_after_bad_videos(trained
 
     broken = tmp_path / "not_a_video.avi"
     broken.write_text("this is not a video\n")
+    corrupt = tmp_path / "corrupt_frames"
+    corrupt.mkdir()
+    for number in range(1, 5):
+        (corrupt / f"img_{number:05d}.jpg").write_bytes(b"not a jpeg")
     first_video = trained_run["videos"][0][0]
     short = write_mjpg(tmp_path / "short.avi", read_all_rgb(first_video)[:2])  # 2 frames < 4 segments
     root = trained_run["data"]["root"]
     list_file = tmp_path / "to_predict.txt"
     lines = [f"{os.path.relpath(path, root)} 0" for path, _ in trained_run["videos"]]
-    list_file.write_text("\n".join(lines[:4] + [str(broken)] + lines[4:] + [short]) + "\n")
+    list_file.write_text("\n".join(lines[:4] + [str(broken)] + lines[4:] + [short, str(corrupt)]) + "\n")
     output = tmp_path / "preds.jsonl"
     config = trained_run["config"].replace(mode="predict", weights=trained_run["config"].model_dir,
                                            input=str(list_file), output=str(output), top_k=5)
 
-    assert predict(config) == 1  # one unreadable video: reported, the others classified
+    assert predict(config) == 1  # unreadable videos: reported, the others classified
     captured = capsys.readouterr()
     records = [json.loads(line) for line in output.read_text().splitlines()]
-    assert len(records) == 10
+    assert len(records) == 11
     by_video = {r["video"]: r for r in records}
     for path, name in trained_run["videos"]:
         predictions = by_video[path]["predictions"]
@@ -112,7 +116,8 @@ def test_predict_mode_prints_the_right_top1_and_goes_on_after_bad_videos(trained
     assert by_video[str(broken)]["error"].startswith(str(broken))
     assert f"error: {broken}" in captured.err and "OpenCV cannot open" in captured.err
     assert len(by_video[short]["predictions"]) == 5  # too short: frames repeated, still classified
-    assert "9/10 videos classified" in captured.out
+    assert by_video[str(corrupt)]["error"].startswith(str(corrupt))
+    assert "9/11 videos classified" in captured.out and "2 unreadable" in captured.out
 
 
 def test_saved_model_and_keras_predict_the_same(trained_run, exported):

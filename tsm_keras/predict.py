@@ -304,7 +304,7 @@ def predict(config):
         for path in paths:
             try:
                 result = classifier.predict_video(path, top_k=top_k)
-            except (ValueError, OSError, RuntimeError) as error:
+            except Exception as error:  # noqa: BLE001 - e.g. a corrupt JPEG is a tf OpError: go on
                 failures += 1
                 message = str(error) if path in str(error) else f"{path}: {error}"
                 print(f"error: {message}", file=sys.stderr, flush=True)

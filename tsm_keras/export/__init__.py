@@ -129,7 +129,8 @@ def _export_onnx(model, config):
         return 0
     clips = _parity_clip(model)
     logits = session.run(["logits"], {"clips": clips})[0]
-    print(f"  onnxruntime vs Keras: max |logit diff| {float(np.abs(logits - _reference_logits(model, clips)).max()):.2e}")
+    diff = float(np.abs(logits - _reference_logits(model, clips)).max())
+    print(f"  onnxruntime vs Keras: max |logit diff| {diff:.2e}")
     return 0
 
 
