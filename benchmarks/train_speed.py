@@ -199,6 +199,7 @@ def main():
     for _ in range(args.repeats):
         for name in names:
             runs[name].append(_child(name, args))
+            print(json.dumps({name: runs[name][-1], "load_average": os.getloadavg()}), file=sys.stderr, flush=True)
     medians = {name: statistics.median([r["clips_per_sec"] for r in results if "clips_per_sec" in r])
                for name, results in runs.items() if any("clips_per_sec" in r for r in results)}
     ratios = {}
