@@ -176,65 +176,15 @@ def paddle_runner(rng):
     return run, f"paddlepaddle {paddle.__version__} (PaddleVideo ResNetTSM from ppvideo 2.3.1)"
 
 
-def torch_tsm_resnet50(num_classes, num_segments, shift_div=8):
-    """The official TSM ResNet-50 (mit-han-lab/temporal-shift-module), residual shift, in pure torch."""
+def torch_tsm_resnet50(num_classes, num_segments):
+    """The official TSM ResNet-50 in pure torch: the one `train_speed.py` measures too."""
     import torch
-    from torch import nn
 
-    def shift(x):
-        nt, c, h, w = x.shape
-        x = x.view(nt // num_segments, num_segments, c, h, w)
-        fold = c // shift_div
-        out = torch.zeros_like(x)
-        out[:, :-1, :fold] = x[:, 1:, :fold]  # shift left
-        out[:, 1:, fold:2 * fold] = x[:, :-1, fold:2 * fold]  # shift right
-        out[:, :, 2 * fold:] = x[:, :, 2 * fold:]
-        return out.view(nt, c, h, w)
-
-    class Bottleneck(nn.Module):
-        def __init__(self, inplanes, planes, stride, downsample):
-            super().__init__()
-            self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(planes)
-            self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(planes)
-            self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-            self.bn3 = nn.BatchNorm2d(planes * 4)
-            self.relu = nn.ReLU(inplace=True)
-            self.downsample = downsample
-
-        def forward(self, x):
-            identity = x if self.downsample is None else self.downsample(x)
-            out = self.relu(self.bn1(self.conv1(shift(x))))
-            out = self.relu(self.bn2(self.conv2(out)))
-            out = self.bn3(self.conv3(out))
-            return self.relu(out + identity)
-
-    class TSMResNet50(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
-                                      nn.MaxPool2d(3, 2, 1))
-            layers, inplanes = [], 64
-            for planes, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
-                for index in range(blocks):
-                    s = stride if index == 0 else 1
-                    downsample = None
-                    if index == 0:
-                        downsample = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, s, bias=False),
-                                                   nn.BatchNorm2d(planes * 4))
-                    layers.append(Bottleneck(inplanes, planes, s, downsample))
-                    inplanes = planes * 4
-            self.layers = nn.Sequential(*layers)
-            self.fc = nn.Linear(2048, num_classes)
-
-        def forward(self, x):  # x: [N*T, 3, H, W]
-            x = self.layers(self.stem(x))
-            x = self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
-            return x.view(-1, num_segments, x.shape[-1]).mean(1)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from torch_tsm import TSMResNet50
 
     torch.manual_seed(0)
-    return TSMResNet50()
+    return TSMResNet50(num_classes, num_segments)
 
 
 def worker(backend, cache, threads, warmup, iters):

@@ -234,18 +234,24 @@ def build_model_for(config):
 def load_trained_model(config):
     """`(model, run_config, model_dir)`: a Keras model from `--weights` / `--model_dir`.
 
-    `.weights.h5` (with the run's config.json beside it) and `.keras` are read here; other formats
-    (PaddleVideo `.pdparams`, PyTorch `.pth`, ...) go to `tsm_keras.convert.load_model_from_source`.
+    A run's `.weights.h5` (its config.json beside it) and `.keras` files are read here; other formats
+    (PaddleVideo `.pdparams`, PyTorch `.pth`, a converted `.weights.h5`, ...) go to
+    `tsm_keras.convert.load_model_from_source`. Whatever the source, the model returned takes raw
+    0-255 frames, as the pipeline yields them.
     """
     import keras
 
+    from tsm_keras.models.tsm import with_raw_frame_input
+
     run_config, weights, model_dir = resolve_run(config)
+    own_run = os.path.exists(os.path.join(model_dir, CONFIG_FILE))
     if weights.endswith(".keras"):
-        model = keras.models.load_model(weights, compile=False)
-    elif weights.endswith(".weights.h5"):
+        # The pipeline yields raw 0-255 frames; a converted .keras expects normalized ones.
+        model = with_raw_frame_input(keras.models.load_model(weights, compile=False))
+    elif weights.endswith(".weights.h5") and own_run:
         model = build_model_for(run_config)
         model.load_weights(weights)
-    else:
+    else:  # converter sources, and .weights.h5 written by --mode=convert (its architecture.json beside it)
         try:
             from tsm_keras.convert import load_model_from_source
         except ImportError as error:

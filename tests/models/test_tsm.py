@@ -190,3 +190,19 @@ def test_strided_convs_pad_symmetrically_like_the_references():
 def test_build_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         tsm_keras.build_tsm(**kwargs)
+
+
+def test_with_raw_frame_input_moves_normalization_inside():
+    from tsm_keras.models.tsm import with_raw_frame_input
+
+    for convention in ("imagenet", "caffe"):
+        plain = tsm_keras.build_tsm(4, num_segments=2, backbone="resnet18", input_convention=convention)
+        raw = with_raw_frame_input(plain)
+        assert raw.normalize_input and raw.input_convention == convention
+        frames = np.random.default_rng(8).integers(0, 256, size=(1, 2, 32, 32, 3)).astype(np.float32)
+        if convention == "imagenet":
+            normalized = (frames - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
+        else:
+            normalized = frames[..., ::-1] - np.array([103.939, 116.779, 123.68], np.float32)
+        np.testing.assert_allclose(raw(frames).numpy(), plain(normalized).numpy(), rtol=1e-4, atol=1e-5)
+        assert with_raw_frame_input(raw) is raw

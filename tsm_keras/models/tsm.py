@@ -122,3 +122,16 @@ def _validate(num_classes, num_segments, backbone, shift, shift_place, conventio
         hw = _image_hw(image_size)
         if len(hw) != 2 or any(int(s) < 32 for s in hw):
             raise ValueError(f"image_size must be None, an int or (height, width) of at least 32, got {image_size!r}.")
+
+
+def with_raw_frame_input(model):
+    """The same network taking raw 0-255 frames: a TSM built with `normalize_input=False` (e.g. a
+    converted checkpoint, which expects normalized frames) is rebuilt with the normalization inside,
+    in the model's own `input_convention`, and given the same weights. Other models are returned as is.
+    """
+    if not isinstance(model, TSM) or model.normalize_input:
+        return model
+    config = dict(model.get_config(), normalize_input=True)
+    raw = TSM.from_config(config)
+    raw.set_weights(model.get_weights())  # FrameNormalization has no weights: the lists align
+    return raw
