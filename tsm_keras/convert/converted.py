@@ -76,6 +76,24 @@ def stage_block_index(stage, suffix, source):
     raise ConversionError(f"{source}: cannot read block name res{stage}{suffix}.")
 
 
+def resnet_layers(convs, norms, blocks, names, source):
+    """Shared by the PaddleVideo and PyTorch readers: `(backbone, stage_blocks, layers)`.
+
+    `convs` maps a block position to its OIHW kernel, `norms` to its BatchNorm arrays, `blocks`
+    {stage: block indices seen}; `names(where, stage_blocks)` gives our (conv, bn) layer names.
+    Kernels become HWIO.
+    """
+    kind = "bottleneck" if any(branch == "branch2c" for _, _, branch in convs) else "basic"
+    stage_blocks = {stage: max(indices) + 1 for stage, indices in blocks.items()}
+    backbone = infer_backbone(stage_blocks, kind, source)
+    layers = {}
+    for where, kernel in convs.items():
+        layers[names(where, stage_blocks)[0]] = [np.transpose(kernel, (2, 3, 1, 0))]
+    for where, values in norms.items():
+        layers[names(where, stage_blocks)[1]] = list(values)
+    return backbone, stage_blocks, layers
+
+
 def canonical_block(stage, index, stage_blocks):
     """Our name for a block, which depends on how many blocks its stage has (a..f or a, b1..b22)."""
     return block_name(stage, index, stage_blocks[stage])

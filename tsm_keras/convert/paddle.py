@@ -20,7 +20,7 @@ import re
 
 import numpy as np
 
-from tsm_keras.convert.converted import (ConversionError, ConvertedWeights, canonical_block, infer_backbone,
+from tsm_keras.convert.converted import (ConversionError, ConvertedWeights, canonical_block, resnet_layers,
                                          stage_block_index)
 
 # What Paddle pickles next to the arrays; anything else in a .pdparams is refused.
@@ -140,15 +140,7 @@ def convert_paddle_state(state, source="<pdparams>"):
     for stage, suffix, branch in convs:
         if stage is not None:
             blocks.setdefault(stage, set()).add(stage_block_index(stage, suffix, source))
-    kind = "bottleneck" if any(branch == "branch2c" for _, _, branch in convs) else "basic"
-    stage_blocks = {stage: max(indices) + 1 for stage, indices in blocks.items()}
-    backbone = infer_backbone(stage_blocks, kind, source)
-
-    layers = {}
-    for where, kernel in convs.items():
-        layers[_our_names(where, stage_blocks)[0]] = [np.transpose(kernel, (2, 3, 1, 0))]
-    for where, values in norms.items():
-        layers[_our_names(where, stage_blocks)[1]] = list(values)
+    backbone, stage_blocks, layers = resnet_layers(convs, norms, blocks, _our_names, source)
     converted_head = None
     if head:
         weight, bias = head["weight"], head["bias"]

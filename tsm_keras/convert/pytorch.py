@@ -17,7 +17,7 @@ import re
 
 import numpy as np
 
-from tsm_keras.convert.converted import ConversionError, ConvertedWeights, canonical_block, infer_backbone
+from tsm_keras.convert.converted import ConversionError, ConvertedWeights, canonical_block, resnet_layers
 
 TORCH_BUILD = dict(convention="tsm", stride_in_1x1=False, input_convention="imagenet")
 _PREFIXES = ("module.", "base_model.")
@@ -117,15 +117,7 @@ def convert_torch_state(state, source="<pth>"):
     if incomplete:
         raise ConversionError(f"{source}: incomplete BatchNorm parameters at {', '.join(incomplete)}.")
 
-    kind = "bottleneck" if any(branch == "branch2c" for _, _, branch in convs) else "basic"
-    stage_blocks = {stage: max(indices) + 1 for stage, indices in blocks.items()}
-    backbone = infer_backbone(stage_blocks, kind, source)
-
-    layers = {}
-    for where, kernel in convs.items():
-        layers[_names(where, stage_blocks)[0]] = [np.transpose(kernel, (2, 3, 1, 0))]
-    for where, values in norms.items():
-        layers[_names(where, stage_blocks)[1]] = list(values)
+    backbone, stage_blocks, layers = resnet_layers(convs, norms, blocks, _names, source)
 
     build = dict(TORCH_BUILD, backbone=backbone)
     shifted = shifted_conv1 or shifted_block
