@@ -137,7 +137,10 @@ def test_two_process_multi_worker_completes_and_workers_agree(tmp_path):
     for name, a, b in zip(names, chief, other):
         if "moving" in name:
             continue  # BatchNorm running statistics are per worker (each sees its own shard); the chief's are saved
-        np.testing.assert_array_equal(a, b, err_msg=name)
+        # Each worker applies the update itself from the all-reduced gradients; the two processes' float
+        # reductions (global norm, collective sums) may round differently in the last bit (seen in CI:
+        # 3.7e-9 on 0.04 % of one kernel), so agreement is to float32 rounding, not bit for bit.
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6 * max(float(np.abs(a).max()), 1e-3), err_msg=name)
 
 
 def test_kill_9_mid_epoch_then_rerun_ends_with_the_same_weights(tmp_path):
