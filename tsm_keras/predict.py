@@ -120,11 +120,12 @@ class KerasVideoClassifier(VideoClassifier):
     def __init__(self, model, **kwargs):
         import tensorflow as tf
 
-        from tsm_keras.export.saved_model import ClipClassifier, resize_and_center_crop
+        from tsm_keras.export.saved_model import ClipClassifier, inference_form, resize_and_center_crop
 
         super().__init__(**kwargs)
         self.model = model
-        classifier = ClipClassifier(model)
+        # Inference only: BatchNorm folded into the convs, as in the exports.
+        classifier = ClipClassifier(inference_form(model))
         self._clips = tf.function(classifier, reduce_retracing=True)
         scale_size, image_size = self.scale_size, self.image_size
         self._frames = tf.function(lambda frames: classifier(resize_and_center_crop(frames, scale_size, image_size)),

@@ -206,3 +206,26 @@ def test_with_raw_frame_input_moves_normalization_inside():
             normalized = frames[..., ::-1] - np.array([103.939, 116.779, 123.68], np.float32)
         np.testing.assert_allclose(raw(frames).numpy(), plain(normalized).numpy(), rtol=1e-4, atol=1e-5)
         assert with_raw_frame_input(raw) is raw
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])
+def test_fold_batchnorm_gives_the_same_logits_without_batchnorm_layers(backbone):
+    from tsm_keras.models import fold_batchnorm
+
+    model = tsm_keras.build_tsm(7, num_segments=4, backbone=backbone, image_size=64, normalize_input=True)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:  # trained-looking statistics, so that folding has something to fold
+        if isinstance(layer, keras.layers.BatchNormalization):
+            shape = layer.gamma.shape
+            layer.set_weights([rng.uniform(0.5, 1.5, shape), rng.normal(0, 0.2, shape), rng.normal(0, 0.2, shape),
+                               rng.uniform(0.5, 2.0, shape)])
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
+    assert all(layer.use_bias for layer in folded.layers
+               if isinstance(layer, keras.layers.Conv2D) and not isinstance(layer, keras.layers.DepthwiseConv2D))
+    assert folded.get_config()["fold_batchnorm"] is True
+    clips = rng.integers(0, 256, (2, 4, 64, 64, 3)).astype(np.uint8)
+    expected = model(clips, training=False).numpy()
+    np.testing.assert_allclose(folded(clips, training=False).numpy(), expected, rtol=1e-4,
+                               atol=1e-4 * np.abs(expected).max())
+    assert fold_batchnorm(folded) is folded

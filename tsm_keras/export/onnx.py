@@ -8,7 +8,7 @@ only standard ONNX operators (`check_standard_ops`) and TensorRT builds an engin
 
 import tensorflow as tf
 
-from tsm_keras.export.saved_model import ClipClassifier, model_input_spec
+from tsm_keras.export.saved_model import ClipClassifier, inference_form, model_input_spec
 
 DEFAULT_OPSET = 17
 # Operators whose presence we accept: all in the default ai.onnx domain, all supported by
@@ -35,11 +35,13 @@ def _require_tf2onnx():
     return tf2onnx
 
 
-def export_onnx(model, path, opset=DEFAULT_OPSET, batch_size=None):
+def export_onnx(model, path, opset=DEFAULT_OPSET, batch_size=None, fold_batchnorm=True):
     """Write `model` as ONNX to `path` (a `.onnx` file); return `path`.
 
-    `batch_size=None` keeps the batch dimension dynamic.
+    `batch_size=None` keeps the batch dimension dynamic; `fold_batchnorm` exports the inference
+    form (BatchNorm folded into the convs).
     """
+    model = inference_form(model, fold_batchnorm)
     tf2onnx = _require_tf2onnx()
     num_segments, image_size = model_input_spec(model)
     if image_size is None:

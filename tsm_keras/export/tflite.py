@@ -20,17 +20,19 @@ import tensorflow as tf
 
 import keras
 
-from tsm_keras.export.saved_model import ClipClassifier, model_input_spec
+from tsm_keras.export.saved_model import ClipClassifier, inference_form, model_input_spec
 
 QUANTIZATIONS = ("float32", "float16", "dynamic_int8")
 
 
-def export_tflite(model, path, quantization="float32", batch_size=1):
+def export_tflite(model, path, quantization="float32", batch_size=1, fold_batchnorm=True):
     """Write `model` as a `.tflite` flatbuffer at `path`; return `path`.
 
     `batch_size=1` gives a fixed-shape model (what mobile delegates want); None keeps it dynamic
-    (resize the input tensor before allocating).
+    (resize the input tensor before allocating). `fold_batchnorm` exports the inference form
+    (BatchNorm folded into the convs).
     """
+    model = inference_form(model, fold_batchnorm)
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"tflite_quant must be one of {QUANTIZATIONS}, got {quantization!r}.")
     num_segments, image_size = model_input_spec(model)

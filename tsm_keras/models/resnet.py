@@ -42,8 +42,11 @@ def _kernel_init():
     return keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
 
 
-def conv_bn(x, filters, kernel, stride, conv_name, bn_name, relu=True, use_bias=False):
+def conv_bn(x, filters, kernel, stride, conv_name, bn_name, relu=True, use_bias=False, fold_batchnorm=False):
     """Conv (no bias) + BatchNorm(eps 1e-5, momentum 0.9) [+ ReLU], padding like the references.
+
+    `fold_batchnorm=True` builds the inference form: one Conv with bias and no BatchNorm layer
+    (`tsm_keras.models.fold_batchnorm` fills it from a trained model).
 
     Strided convs pad explicitly and symmetrically (ZeroPadding2D + "valid"): Keras' "same" pads
     (0, 1) on stride 2, the references (k//2, k//2). At stride 1 "same" *is* symmetric for odd
@@ -54,15 +57,16 @@ def conv_bn(x, filters, kernel, stride, conv_name, bn_name, relu=True, use_bias=
         padding = "valid"
     else:
         padding = "same"
-    x = layers.Conv2D(filters, kernel, strides=stride, padding=padding, use_bias=use_bias,
+    x = layers.Conv2D(filters, kernel, strides=stride, padding=padding, use_bias=use_bias or fold_batchnorm,
                       kernel_initializer=_kernel_init(), name=conv_name)(x)
-    x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=bn_name)(x)
+    if not fold_batchnorm:
+        x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=bn_name)(x)
     if relu:
         x = layers.ReLU(name=f"{conv_name}_relu")(x)
     return x
 
 
-def residual_block(x, kind, planes, stride, name, shift_layer, shift_place, stride_in_1x1):
+def residual_block(x, kind, planes, stride, name, shift_layer, shift_place, stride_in_1x1, fold_batchnorm=False):
     """One basic or bottleneck block; `shift_layer` (or None) is applied per `shift_place`."""
     expansion = 4 if kind == "bottleneck" else 1
     in_channels = x.shape[-1]
@@ -72,18 +76,19 @@ def residual_block(x, kind, planes, stride, name, shift_layer, shift_place, stri
     branch = shift_layer(x) if shift_layer is not None and shift_place == "blockres" else x
 
     stage = name
+    fold = dict(fold_batchnorm=fold_batchnorm)
     if kind == "bottleneck":
         s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        y = conv_bn(branch, planes, 1, s1, f"res{stage}_branch2a", f"bn{stage}_branch2a")
-        y = conv_bn(y, planes, 3, s3, f"res{stage}_branch2b", f"bn{stage}_branch2b")
-        y = conv_bn(y, planes * 4, 1, 1, f"res{stage}_branch2c", f"bn{stage}_branch2c", relu=False)
+        y = conv_bn(branch, planes, 1, s1, f"res{stage}_branch2a", f"bn{stage}_branch2a", **fold)
+        y = conv_bn(y, planes, 3, s3, f"res{stage}_branch2b", f"bn{stage}_branch2b", **fold)
+        y = conv_bn(y, planes * 4, 1, 1, f"res{stage}_branch2c", f"bn{stage}_branch2c", relu=False, **fold)
     else:
-        y = conv_bn(branch, planes, 3, stride, f"res{stage}_branch2a", f"bn{stage}_branch2a")
-        y = conv_bn(y, planes, 3, 1, f"res{stage}_branch2b", f"bn{stage}_branch2b", relu=False)
+        y = conv_bn(branch, planes, 3, stride, f"res{stage}_branch2a", f"bn{stage}_branch2a", **fold)
+        y = conv_bn(y, planes, 3, 1, f"res{stage}_branch2b", f"bn{stage}_branch2b", relu=False, **fold)
 
     if stride != 1 or in_channels != planes * expansion:
         shortcut = conv_bn(block_input, planes * expansion, 1, stride, f"res{stage}_branch1",
-                           f"bn{stage}_branch1", relu=False)
+                           f"bn{stage}_branch1", relu=False, **fold)
     else:
         shortcut = block_input
     out = layers.Add(name=f"res{stage}_add")([y, shortcut])
@@ -92,19 +97,21 @@ def residual_block(x, kind, planes, stride, name, shift_layer, shift_place, stri
 
 def resnet_tsm_features(frames, depth=50, num_segments=8, shift="bidirectional", shift_div=8,
                         shift_place="blockres", convention="tsm", stride_in_1x1=False,
-                        shift_every=1):
+                        shift_every=1, fold_batchnorm=False):
     """Per-frame ResNet features: `[batch*T, H, W, 3]` -> `[batch*T, H/32, W/32, C]`.
 
     `shift_every=2` shifts every other block of each stage (the official code does this for
     ResNet-101); the default shifts every block, as the paper and PaddleVideo do.
+    `fold_batchnorm=True`: the inference form, every Conv+BatchNorm pair one Conv with bias.
     """
     if depth not in RESNET_SPECS:
         raise ValueError(f"ResNet depth must be one of {sorted(RESNET_SPECS)}, got {depth}.")
     kind, stages = RESNET_SPECS[depth]
     x = layers.ZeroPadding2D(3, name="conv1_pad")(frames)
-    x = layers.Conv2D(64, 7, strides=2, padding="valid", use_bias=False,
+    x = layers.Conv2D(64, 7, strides=2, padding="valid", use_bias=fold_batchnorm,
                       kernel_initializer=_kernel_init(), name="conv1")(x)
-    x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name="bn_conv1")(x)
+    if not fold_batchnorm:
+        x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name="bn_conv1")(x)
     x = layers.ReLU(name="conv1_relu")(x)
     # Zero padding equals the references' -inf padding here: the input is post-ReLU (>= 0).
     x = layers.ZeroPadding2D(1, name="pool1_pad")(x)
@@ -119,5 +126,15 @@ def resnet_tsm_features(frames, depth=50, num_segments=8, shift="bidirectional",
             if shift != "none" and index % shift_every == 0:
                 shift_layer = TemporalShift(num_segments, shift_div=shift_div, direction=shift,
                                             convention=convention, name=f"res{name}_shift")
-            x = residual_block(x, kind, planes, stride, name, shift_layer, shift_place, stride_in_1x1)
+            x = residual_block(x, kind, planes, stride, name, shift_layer, shift_place, stride_in_1x1,
+                               fold_batchnorm)
     return x
+
+
+def batchnorm_name(conv_name):
+    """The BatchNorm layer that follows conv `conv_name`: `conv1` -> `bn_conv1`, `res2a_branch2a` -> `bn2a_branch2a`."""
+    if conv_name == "conv1":
+        return "bn_conv1"
+    if conv_name.startswith("res"):
+        return "bn" + conv_name[3:]
+    raise ValueError(f"{conv_name!r} is not a ResNet conv layer name")

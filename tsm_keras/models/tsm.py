@@ -24,6 +24,9 @@ class TSM(keras.Model):
     pass. Frames are folded into the batch, the backbone runs per frame, then global average
     pooling, dropout, a Dense layer (N(0, 0.001) kernel, zero bias) and the average over time.
 
+    `fold_batchnorm=True` builds the inference form (each Conv+BatchNorm one Conv with bias); make
+    one from a trained model with `fold_batchnorm(model)`.
+
     The constructor arguments are the whole config: `get_config` returns them and loading a
     `.keras` file rebuilds the same graph.
     """
@@ -31,7 +34,7 @@ class TSM(keras.Model):
     def __init__(self, num_classes, num_segments=8, backbone="resnet50", shift="bidirectional",
                  shift_div=8, shift_place="blockres", convention="tsm", dropout=0.5, image_size=None,
                  normalize_input=False, stride_in_1x1=False, shift_every=1,
-                 input_convention="imagenet", **kwargs):
+                 input_convention="imagenet", fold_batchnorm=False, **kwargs):
         _validate(num_classes, num_segments, backbone, shift, shift_place, convention, dropout,
                   image_size, input_convention)
         height, width = _image_hw(image_size)
@@ -41,7 +44,8 @@ class TSM(keras.Model):
             x = FrameNormalization(**INPUT_CONVENTIONS[input_convention], name="normalize")(x)
         x = resnet_tsm_features(x, depth=BACKBONES[backbone], num_segments=num_segments, shift=shift,
                                 shift_div=shift_div, shift_place=shift_place, convention=convention,
-                                stride_in_1x1=stride_in_1x1, shift_every=shift_every)
+                                stride_in_1x1=stride_in_1x1, shift_every=shift_every,
+                                fold_batchnorm=fold_batchnorm)
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
         x = layers.Dropout(dropout, name="dropout")(x)
         x = layers.Dense(num_classes, name="fc",
@@ -64,6 +68,7 @@ class TSM(keras.Model):
         self.stride_in_1x1 = stride_in_1x1
         self.shift_every = shift_every
         self.input_convention = input_convention
+        self.fold_batchnorm = fold_batchnorm
 
     def get_config(self):
         return dict(name=self.name, trainable=self.trainable, num_classes=self.num_classes,
@@ -71,7 +76,7 @@ class TSM(keras.Model):
                     shift_div=self.shift_div, shift_place=self.shift_place, convention=self.convention,
                     dropout=self.dropout, image_size=self.image_size, normalize_input=self.normalize_input,
                     stride_in_1x1=self.stride_in_1x1, shift_every=self.shift_every,
-                    input_convention=self.input_convention)
+                    input_convention=self.input_convention, fold_batchnorm=self.fold_batchnorm)
 
     @classmethod
     def from_config(cls, config):
@@ -135,3 +140,34 @@ def with_raw_frame_input(model):
     raw = TSM.from_config(config)
     raw.set_weights(model.get_weights())  # FrameNormalization has no weights: the lists align
     return raw
+
+
+def fold_batchnorm(model):
+    """The inference form of a TSM: every Conv+BatchNorm pair merged into one Conv with bias.
+
+    With BatchNorm in inference mode, `bn(conv(x)) = conv(x) * s + (beta - mean * s)` where
+    `s = gamma / sqrt(moving_variance + epsilon)`: the kernel's output channels are scaled by `s`
+    and the shift becomes the bias. Same outputs to float32 rounding, fewer passes over the
+    activations (the export paths use it: serving never trains). Returns a new model;
+    the other layers' weights are copied by name. A model already folded is returned as is.
+    """
+    import numpy as np
+
+    from tsm_keras.models.resnet import batchnorm_name
+
+    if not isinstance(model, TSM):
+        raise TypeError(f"fold_batchnorm needs a TSM model (tsm_keras.build_tsm), got {type(model).__name__}.")
+    if model.fold_batchnorm:
+        return model
+    folded = TSM.from_config(dict(model.get_config(), fold_batchnorm=True))
+    for layer in folded.layers:
+        weights = [np.asarray(w, np.float64) for w in model.get_layer(layer.name).get_weights()]
+        is_conv = isinstance(layer, layers.Conv2D) and not isinstance(layer, layers.DepthwiseConv2D)
+        if is_conv and layer.use_bias and len(weights) == 1:
+            bn = model.get_layer(batchnorm_name(layer.name))
+            gamma, beta, mean, variance = (np.asarray(w, np.float64) for w in bn.get_weights())
+            scale = gamma / np.sqrt(variance + bn.epsilon)
+            weights = [weights[0] * scale, beta - mean * scale]
+        if weights:
+            layer.set_weights([w.astype(np.float32) for w in weights])
+    return folded
