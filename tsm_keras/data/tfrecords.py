@@ -6,6 +6,12 @@ feature list `frames`: every frame JPEG-encoded (frame files are copied byte for
 temporary name and renamed when complete, with a `.json` sidecar of their counts; a rerun skips
 finished shards. `manifest.json` records, per split, the shards, videos, frames and skipped samples.
 
+Every shard is indexed before it gets its final name (`index_shard`): `<shard>.index.npy` holds each
+frame's (file offset, length) of its JPEG bytes inside the shard, and the sidecar's `index` entry the
+per-video table, so the pipeline reads just the sampled frames with `pread` instead of whole records.
+A rerun indexes finished shards that lack a valid index (older conversions). Shards written by other
+tools with the same SequenceExample schema are indexed from the file alone: `index_shard(path)`.
+
 `python app.py --mode=tfrecords --data_format=frames|videos|synthetic --data_root=... --train_list=...
  --val_list=... --tfrecord_dir=tfrecords [--short_side=256] [--tfrecord_videos_per_shard=64]`
 """
@@ -16,6 +22,7 @@ import logging
 import math
 import multiprocessing
 import os
+import struct
 
 import cv2
 import numpy as np
@@ -77,8 +84,140 @@ def shard_name(split, index, num_shards):
     return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
 
 
+INDEX_VERSION = 1
+
+
+class ShardFormatError(ValueError):
+    """A TFRecord shard that cannot be indexed (truncated, or not the SequenceExample schema)."""
+
+
+def index_path(shard):
+    """`<shard>.index.npy`: int64 [total frames, 2] = (file offset, length) of every frame's JPEG bytes."""
+    return f"{shard}.index.npy"
+
+
+def _records(path):
+    """(offset of the data, data) of each record of a TFRecord file, from its framing alone.
+
+    Framing: uint64 LE length, uint32 masked CRC of the length, data, uint32 masked CRC of the data.
+    The CRCs are not verified (the lengths are); a record that runs past the end raises ShardFormatError.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        offset, number = 0, 0
+        while offset < size:
+            header = f.read(12)
+            if len(header) < 12:
+                raise ShardFormatError(f"{path}: record {number} is truncated (header of {len(header)} of 12 "
+                                       f"bytes at offset {offset}); the shard is incomplete, convert it again")
+            length = struct.unpack("<Q", header[:8])[0]
+            end = offset + 12 + length + 4
+            if end > size:
+                raise ShardFormatError(f"{path}: record {number} is truncated (needs {length} bytes of data at "
+                                       f"offset {offset + 12}, file ends at {size}); the shard is incomplete, "
+                                       "convert it again")
+            data = f.read(length)
+            f.seek(4, os.SEEK_CUR)
+            yield offset + 12, data
+            offset, number = end, number + 1
+
+
+def scan_shard(path):
+    """Index a finished TFRecord shard of SequenceExamples: (offsets int64 [frames, 2], index dict).
+
+    The index dict: `file_size`, `frames` (rows of the offsets), `videos` [[first row, num_frames,
+    label], ...] and `paths` (each video's context `path`, "" when absent). `num_frames` is the number
+    of frames stored in the record. Each frame's bytes appear verbatim, in order, in the serialized
+    record: they are found by searching from the end of the previous frame.
+    """
+    import tensorflow as tf
+
+    rows, videos, paths = [], [], []
+    number = -1
+    for number, (start, data) in enumerate(_records(path)):
+        try:
+            example = tf.train.SequenceExample.FromString(data)
+        except Exception as error:  # protobuf's DecodeError
+            raise ShardFormatError(f"{path}: record {number} is not a tf.train.SequenceExample ({error})") from None
+        context = example.context.feature
+        labels = context["label"].int64_list.value if "label" in context else []
+        if len(labels) != 1:
+            raise ShardFormatError(f"{path}: record {number} has no int64 context feature 'label'")
+        video_path = context["path"].bytes_list.value[0].decode("utf-8", "replace") \
+            if "path" in context and context["path"].bytes_list.value else ""
+        frames = example.feature_lists.feature_list["frames"].feature \
+            if "frames" in example.feature_lists.feature_list else []
+        first, cursor = len(rows), 0
+        for i, feature in enumerate(frames):
+            if len(feature.bytes_list.value) != 1:
+                raise ShardFormatError(f"{path}: record {number} frame {i} is not one bytes value")
+            jpeg = feature.bytes_list.value[0]
+            found = data.find(jpeg, cursor)
+            if found < 0:
+                raise ShardFormatError(f"{path}: record {number} frame {i}: bytes not found in the record")
+            rows.append((start + found, len(jpeg)))
+            cursor = found + len(jpeg)
+        videos.append([first, len(rows) - first, int(labels[0])])
+        paths.append(video_path)
+    offsets = np.asarray(rows, np.int64).reshape(-1, 2)
+    index = dict(version=INDEX_VERSION, file_size=os.path.getsize(path), frames=len(rows), videos=videos,
+                 paths=paths)
+    return offsets, index
+
+
+def _write_sidecar(name, entries):
+    """Update `<name>.json` with `entries`, keeping its other keys (tmp, then rename)."""
+    sidecar = {}
+    if os.path.isfile(f"{name}.json"):
+        with open(f"{name}.json") as f:
+            sidecar = json.load(f)
+    sidecar.update(entries)
+    with open(f"{name}.json.tmp", "w") as f:
+        json.dump(sidecar, f)
+    os.replace(f"{name}.json.tmp", f"{name}.json")
+    return sidecar
+
+
+def _write_index(name, offsets):
+    with open(f"{index_path(name)}.tmp", "wb") as f:
+        np.save(f, offsets)
+    os.replace(f"{index_path(name)}.tmp", index_path(name))
+
+
+def index_shard(path, name=None):
+    """Index the TFRecord shard `path`: writes `<name>.index.npy` and the `index` entry of `<name>.json`.
+
+    `name` (default `path`) is the shard's final name when `path` is still its temporary file. The
+    offsets are written first, the sidecar (which makes the index valid) last. Returns the index dict.
+    Raises ShardFormatError naming the file and record for a truncated or foreign record.
+    """
+    name = name or path
+    offsets, index = scan_shard(path)
+    _write_index(name, offsets)
+    _write_sidecar(name, {"index": index})
+    return index
+
+
+def read_index(shard):
+    """The shard's `index` dict if it has a complete index, else None (not checked against the shard)."""
+    try:
+        with open(f"{shard}.json") as f:
+            index = json.load(f).get("index")
+    except (OSError, ValueError):
+        return None
+    if not index or index.get("version") != INDEX_VERSION or not os.path.isfile(index_path(shard)):
+        return None
+    return index
+
+
+def has_valid_index(shard):
+    """True when the shard has an index recorded for its current file size."""
+    index = read_index(shard)
+    return index is not None and index["file_size"] == os.path.getsize(shard)
+
+
 def write_shard(records, path, data_format, short_side, frame_template, policy):
-    """Write one shard (tmp, then rename) and its `.json` counts; returns the counts."""
+    """Write one shard (tmp), index it, write its `.json` counts and index, then rename it; returns the counts."""
     import tensorflow as tf
 
     stats = dict(videos=0, frames=0, skipped=0, skipped_paths=[])
@@ -98,8 +237,11 @@ def write_shard(records, path, data_format, short_side, frame_template, policy):
             writer.write(sequence_example(jpegs, record.label, record.path))
             stats["videos"] += 1
             stats["frames"] += len(jpegs)
+    # A shard file that exists is complete and indexed: index the temporary file under the final name.
+    offsets, index = scan_shard(tmp)
+    _write_index(path, offsets)
     with open(f"{path}.json.tmp", "w") as f:
-        json.dump(stats, f)
+        json.dump(dict(stats, index=index), f)
     os.replace(f"{path}.json.tmp", f"{path}.json")
     os.replace(tmp, path)
     return stats
@@ -117,16 +259,21 @@ def convert_list(list_path, data_format, data_root, out_dir, split, *, videos_pe
     todo = [(shard, path) for shard, path in jobs if not os.path.isfile(path)]
     if len(todo) < len(jobs):
         log.info("%s: %d of %d shards already written, skipping them", split, len(jobs) - len(todo), len(jobs))
+    # Finished shards of an older conversion (or changed since) get their index now.
+    unindexed = [path for _, path in jobs if os.path.isfile(path) and not has_valid_index(path)]
+    if unindexed:
+        log.info("%s: indexing %d finished shards that have no valid index", split, len(unindexed))
     args = (data_format, short_side, frame_template, on_bad_sample)
-    workers = max(1, min(int(workers), len(todo)))
+    tasks = [(write_shard, (shard, path) + args) for shard, path in todo] + [(index_shard, (p,)) for p in unindexed]
+    workers = max(1, min(int(workers), len(tasks)))
     if workers == 1:
-        for shard, path in todo:
-            write_shard(shard, path, *args)
+        for function, task_args in tasks:
+            function(*task_args)
     else:
         # spawn: the workers start clean rather than forking a process that runs TensorFlow threads.
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-            for future in [pool.submit(write_shard, shard, path, *args) for shard, path in todo]:
+            for future in [pool.submit(function, *task_args) for function, task_args in tasks]:
                 future.result()
     totals = dict(videos=0, frames=0, skipped=0, skipped_paths=[])
     for _, path in jobs:
