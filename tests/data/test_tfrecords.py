@@ -1,4 +1,4 @@
-"""TFRecord conversion: round-trip equality of frames and labels, resume, manifest, bad samples."""
+"""TFRecord conversion: round-trip equality of frames and labels, resume, manifest, bad samples, shard indexes."""
 
 import json
 import os
@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import write_frames
 from tsm_keras.config import Config
-from tsm_keras.data import build_dataset
+from tsm_keras.data import BAD_SAMPLES, build_dataset
 from tsm_keras.data.pipeline import TFRECORD_CONTEXT, TFRECORD_SEQUENCE
-from tsm_keras.data.tfrecords import convert
+from tsm_keras.data.tfrecords import ShardFormatError, convert, has_valid_index, index_path, index_shard, \
+    sequence_example
 
 
 def _read_all(folder, split):
@@ -110,3 +112,153 @@ def test_app_tfrecords_mode(media):
     assert "train: 2 videos, 48 frames in 2 shards; 0 skipped" in run.stdout
     assert sorted(f for f in os.listdir(media / "out") if f.endswith(".tfrecord")) == [
         "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
+
+
+def _three_videos(media):
+    """frames a (24), b (24), c (30): two shards of two and one videos."""
+    write_frames(str(media / "frames" / "c"), 30)
+    (media / "frames.txt").write_text("frames/a 24 1\nframes/b 24 2\nframes/c 30 0\n")
+    return _config(media, val_list=str(media / "frames.txt"), tfrecord_videos_per_shard=2)
+
+
+def _shards(media, split="val"):
+    return sorted(str(p) for p in (media / "records").glob(f"{split}-*.tfrecord"))
+
+
+def _drop_index(shard):
+    """Make `shard` look like an older conversion: no offsets file, no `index` in the sidecar."""
+    os.remove(index_path(shard))
+    with open(f"{shard}.json") as f:
+        sidecar = json.load(f)
+    del sidecar["index"]
+    with open(f"{shard}.json", "w") as f:
+        json.dump(sidecar, f)
+
+
+def _clips(dataset):
+    return [(int(y), x.tobytes()) for xb, yb in dataset for x, y in zip(xb.numpy(), yb.numpy())]
+
+
+def test_index_points_at_every_frames_jpeg_bytes(media):
+    config = _three_videos(media)
+    convert(config)
+    shards = _shards(media)
+    assert len(shards) == 2
+    for shard in shards:
+        assert has_valid_index(shard)
+        with open(f"{shard}.json") as f:
+            sidecar = json.load(f)
+        assert {"videos", "frames", "skipped", "skipped_paths"} <= set(sidecar)  # the counts are kept
+        index = sidecar["index"]
+        offsets = np.load(index_path(shard))
+        assert index["file_size"] == os.path.getsize(shard) and offsets.shape == (index["frames"], 2)
+        blob = open(shard, "rb").read()
+        stored = []
+        for serialized in tf.data.TFRecordDataset(shard):
+            context, sequence = tf.io.parse_single_sequence_example(serialized, TFRECORD_CONTEXT, TFRECORD_SEQUENCE)
+            stored.append((int(context["label"]), context["path"].numpy().decode(), list(sequence["frames"].numpy())))
+        assert [[n, label] for _, n, label in index["videos"]] == [[len(f), label] for label, _, f in stored]
+        assert index["paths"] == [path for _, path, _ in stored]
+        for (first, n, _), (_, _, frames) in zip(index["videos"], stored):
+            for i, jpeg in enumerate(frames):
+                offset, length = offsets[first + i]
+                assert blob[offset:offset + length] == jpeg
+    assert not [f for f in os.listdir(media / "records") if f.endswith(".tmp")]
+
+
+def test_indexed_pipeline_reads_what_streaming_reads(media):
+    config = _three_videos(media)
+    convert(config)
+    records = config.replace(data_format="tfrecord")
+    indexed_val = _clips(build_dataset(records, "val"))
+    indexed_train = _clips(build_dataset(records, "train", batch_size=1))
+    for shard in _shards(media) + _shards(media, "train"):
+        _drop_index(shard)
+    streamed_val = _clips(build_dataset(records, "val"))
+    streamed_train = _clips(build_dataset(records, "train", batch_size=1))
+    assert sorted(indexed_val) == sorted(streamed_val) and len(indexed_val) == 3
+    assert sorted(indexed_val) == sorted(_clips(build_dataset(config, "val")))  # and what the frames give
+    assert sorted(y for y, _ in indexed_train) == sorted(y for y, _ in streamed_train) == [0, 1, 2]
+    # Multi-view test elements: clips x T frames read per video.
+    multi = build_dataset(records.replace(test_clips=2, test_crops=3), "test")
+    assert next(iter(multi))[0].shape[1:] == (6, 4, 32, 32, 3)
+
+
+def test_indexed_pipeline_shards_by_video_and_repeats(media):
+    config = _three_videos(media)
+    convert(config)
+    records = config.replace(data_format="tfrecord")
+    seen = [sorted(y for y, _ in _clips(build_dataset(records, "val", batch_size=1, num_shards=3, shard_index=i)))
+            for i in range(3)]
+    assert [len(s) for s in seen] == [1, 1, 1] and sorted(sum(seen, [])) == [0, 1, 2]
+    first = _clips(build_dataset(records, "train", batch_size=1))
+    assert first == _clips(build_dataset(records, "train", batch_size=1))  # same seed, same clips
+    assert sum(1 for _ in build_dataset(records, "train", batch_size=2, repeat=True).take(5)) == 5
+
+
+def test_old_shards_stream_and_a_rerun_indexes_them(media):
+    config = _three_videos(media)
+    convert(config)
+    for shard in _shards(media) + _shards(media, "train"):
+        _drop_index(shard)
+        os.utime(shard, (1, 1))
+        assert not has_valid_index(shard)
+    assert sorted(y for y, _ in _clips(build_dataset(config.replace(data_format="tfrecord"), "val"))) == [0, 1, 2]
+    manifest = convert(config)
+    assert manifest["val"]["videos"] == 3
+    for shard in _shards(media) + _shards(media, "train"):
+        assert has_valid_index(shard) and os.path.getmtime(shard) == 1  # indexed, not written again
+
+
+def test_stale_index_names_the_shard_and_a_rerun_fixes_it(media):
+    config = _three_videos(media)
+    convert(config)
+    shard = _shards(media)[1]  # one video: write it twice, as another conversion might have
+    serialized = [r.numpy() for r in tf.data.TFRecordDataset(shard)]
+    with tf.io.TFRecordWriter(shard) as writer:
+        for data in serialized * 2:
+            writer.write(data)
+    records = config.replace(data_format="tfrecord")
+    with pytest.raises(ValueError, match=rf"{os.path.basename(shard)}.*stale.*--mode=tfrecords"):
+        build_dataset(records, "val")
+    convert(config)
+    assert sorted(y for y, _ in _clips(build_dataset(records, "val"))) == [0, 1, 2, 2]
+
+
+def test_truncated_shard_names_the_file_and_record(media):
+    config = _three_videos(media)
+    convert(config)
+    shard = _shards(media)[0]
+    blob = open(shard, "rb").read()
+    cut = str(media / "cut.tfrecord")
+    with open(cut, "wb") as f:
+        f.write(blob[:-100])
+    with pytest.raises(ShardFormatError, match=r"cut.tfrecord: record 1 is truncated"):
+        index_shard(cut)
+    with open(cut, "wb") as f:
+        f.write(blob[:5])
+    with pytest.raises(ShardFormatError, match=r"cut.tfrecord: record 0 is truncated"):
+        index_shard(cut)
+    assert not os.path.exists(index_path(cut))
+
+
+def test_shards_of_another_tool_are_indexed_from_the_file_alone(tmp_path, media):
+    folder = tmp_path / "foreign"
+    folder.mkdir()
+    frames = [open(media / "frames" / "a" / f"img_{i + 1:05d}.jpg", "rb").read() for i in range(24)]
+    empty = tf.train.SequenceExample()
+    empty.context.feature["label"].int64_list.value.append(2)
+    shard = str(folder / "val-00000-of-00001.tfrecord")
+    with tf.io.TFRecordWriter(shard) as writer:
+        writer.write(sequence_example(frames, 1, "a"))
+        writer.write(empty.SerializeToString())  # no frames, no path: a bad sample
+        writer.write(sequence_example(frames[:12], 0, "half"))
+    index = index_shard(shard)
+    assert index["videos"] == [[0, 24, 1], [24, 0, 2], [24, 12, 0]] and index["paths"] == ["a", "", "half"]
+    config = Config(data_format="tfrecord", tfrecord_dir=str(folder), num_segments=4, image_size=32, scale_size=40,
+                    batch_size=1, num_classes=3)
+    before = BAD_SAMPLES.total
+    assert sorted(y for y, _ in _clips(build_dataset(config, "val"))) == [0, 1]
+    assert BAD_SAMPLES.total == before + 1
+    with pytest.raises(tf.errors.OpError, match="val-00000-of-00001.tfrecord.*no frames"):
+        _clips(build_dataset(config.replace(on_bad_sample="fail"), "val"))

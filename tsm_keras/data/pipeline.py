@@ -7,17 +7,22 @@
 Train batches drop the remainder (static shapes for distribution); val/test keep every video.
 Bad samples (unreadable video, missing frame) are dropped and counted in `BAD_SAMPLES` under
 `on_bad_sample=skip`, or stop the pipeline naming the file under `fail`.
+
+TFRecord shards with an index (`tfrecords.index_shard`, written by the conversion) are read by random
+access: each element is one video of the index tables, and only the sampled frames' JPEG bytes are
+read (`pread` on cached file descriptors). Shards without an index are streamed record by record.
 """
 
 import glob
 import json
 import logging
 import os
+import threading
 
 import numpy as np
 import tensorflow as tf
 
-from tsm_keras.data import augment, decode, lists, sampling
+from tsm_keras.data import augment, decode, lists, sampling, tfrecords
 from tsm_keras.data.decode import BAD_SAMPLES, BadSampleError
 
 log = logging.getLogger(__name__)
@@ -174,6 +179,155 @@ def _index_planner(num_segments, training, num_clips, policy):
     return plan
 
 
+def _is_remote(path):
+    return "://" in path
+
+
+class _ShardFiles:
+    """Open read-only descriptors of indexed shards, cached per process (thread-safe).
+
+    Keyed by (path, inode, size) as checked when the dataset was built, so a shard replaced since is
+    opened again (and checked) rather than read at stale offsets. At most `max_open` descriptors stay
+    open (a quarter of the open-files limit); beyond that a shard is opened for one read and closed.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._fds = {}
+        try:
+            import resource
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        except (ImportError, ValueError, OSError):
+            soft = 1024
+        self.max_open = 256 if soft in (-1, None) or soft <= 0 else max(8, min(1024, soft // 4))
+
+    @staticmethod
+    def _open(key):
+        path, inode, size = key
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        stat = os.fstat(fd)
+        if stat.st_ino != inode or stat.st_size != size:
+            os.close(fd)
+            raise BadSampleError(path, "TFRecord shard changed after the dataset was built (rebuild the dataset; "
+                                 "rerun --mode=tfrecords if it was rewritten)")
+        return fd
+
+    def read(self, key, ranges):
+        """Bytes of each (offset, length) row of `ranges` in the shard `key`."""
+        fd = self._fds.get(key)
+        transient = False
+        if fd is None:
+            with self._lock:
+                fd = self._fds.get(key)
+                if fd is None:
+                    fd = self._open(key)
+                    if len(self._fds) < self.max_open:
+                        self._fds[key] = fd
+                    else:
+                        transient = True
+        try:
+            out = []
+            for offset, length in ranges.tolist():
+                data = os.pread(fd, length, offset)
+                if len(data) != length:
+                    raise BadSampleError(key[0], f"short read at offset {offset} ({len(data)} of {length} bytes): "
+                                         "the shard is truncated; rerun --mode=tfrecords")
+                out.append(data)
+            return out
+        finally:
+            if transient:
+                os.close(fd)
+
+
+_SHARD_FILES = _ShardFiles()
+
+
+def _read_remote(path, ranges):
+    with tf.io.gfile.GFile(path, "rb") as f:
+        out = []
+        for offset, length in ranges.tolist():
+            f.seek(offset)
+            data = f.read(length)
+            if len(data) != length:
+                raise BadSampleError(path, f"short read at offset {offset}: the shard is truncated")
+            out.append(data)
+        return out
+
+
+_LOGGED = set()
+
+
+def _log_once(message, *args):
+    if message not in _LOGGED:
+        _LOGGED.add(message)
+        log.info(message, *args)
+
+
+def _load_tfrecord_indexes(files):
+    """The shards' indexes ([(key, offsets, index dict)]), or None when any shard has none.
+
+    A shard whose recorded file size differs from its size now raises (the index is stale).
+    """
+    loaded = []
+    for path in files:
+        index = tfrecords.read_index(path)
+        if index is None:
+            return None
+        if _is_remote(path):
+            size, inode = tf.io.gfile.stat(path).length, 0
+        else:
+            stat = os.stat(path)
+            size, inode = stat.st_size, stat.st_ino
+        if size != index["file_size"]:
+            raise ValueError(f"{path}: the TFRecord index is stale (it was made for a {index['file_size']}-byte "
+                             f"shard, the file has {size} bytes): rerun --mode=tfrecords to index it again")
+        index_file = tfrecords.index_path(path)
+        if _is_remote(index_file):
+            import io
+            with tf.io.gfile.GFile(index_file, "rb") as f:
+                offsets = np.load(io.BytesIO(f.read()))
+        else:
+            offsets = np.load(index_file, mmap_mode="r")  # large datasets: only the rows read are paged in
+        if offsets.shape != (index["frames"], 2):
+            raise ValueError(f"{path}: the TFRecord index {index_file} has {offsets.shape[0]} rows, its sidecar "
+                             f"says {index['frames']}: rerun --mode=tfrecords to index it again")
+        loaded.append(((path, inode, size), offsets, index))
+    return loaded
+
+
+def _indexed_reader(indexes, num_segments, training, num_clips, policy):
+    """Python side of indexed TFRecords: plan the frames of video `video`, read their JPEG bytes."""
+    size = num_segments * num_clips
+    shard_of = np.concatenate([np.full(len(i["videos"]), s, np.int64) for s, (_, _, i) in enumerate(indexes)])
+    table = np.concatenate([np.asarray(i["videos"], np.int64).reshape(-1, 3) for _, _, i in indexes])
+    first, counts = table[:, 0], table[:, 1]
+    keys = [key for key, _, _ in indexes]
+    offsets = [rows for _, rows, _ in indexes]
+    paths = [p for _, _, i in indexes for p in i["paths"]]
+
+    def name(video):
+        shard = os.path.basename(keys[shard_of[video]][0])
+        return f"{paths[video]} (in {shard})" if paths[video] else f"{shard} video {video}"
+
+    def read(video, rand):
+        video = int(video)
+        try:
+            num_frames = int(counts[video])
+            if num_frames <= 0:
+                raise BadSampleError(name(video), "TFRecord element has no frames")
+            indices = _plan(num_frames, num_segments, training, num_clips, _rng(rand)).reshape(-1)
+            shard = int(shard_of[video])
+            ranges = np.asarray(offsets[shard][first[video] + indices])
+            key = keys[shard]
+            data = _read_remote(key[0], ranges) if _is_remote(key[0]) else _SHARD_FILES.read(key, ranges)
+            return np.array(data, dtype=object), np.bool_(True)
+        except Exception as error:  # any failure on one sample is that sample's, never the epoch's
+            _skip_or_raise(_as_bad_sample(error, name(video)), policy)
+            return np.array([_PLACEHOLDER_JPEG] * size, dtype=object), np.bool_(False)
+
+    return read
+
+
 def _is_good(clip, label, ok):
     del clip, label
     return ok
@@ -268,8 +422,22 @@ def build_dataset(config, split, *, batch_size=None, shuffle=None, repeat=False,
     size = num_segments * num_clips
     policy = config.on_bad_sample
 
+    indexes = None
     if config.data_format == "tfrecord":
         files = _tfrecord_files(config, split)
+        indexes = _load_tfrecord_indexes(files)
+    if indexes is not None:
+        _log_once("TFRecords: reading the sampled frames through the shard indexes (random access)")
+        labels = np.concatenate([np.asarray(i["videos"], np.int64).reshape(-1, 3)[:, 2] for _, _, i in indexes])
+        dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(labels), dtype=tf.int64),
+                                                      tf.constant(labels, tf.int32)))
+        if num_shards > 1:
+            dataset = dataset.shard(num_shards, shard_index)
+        if shuffle:
+            dataset = dataset.shuffle(max(1, len(labels)), seed=seed, reshuffle_each_iteration=True)
+    elif config.data_format == "tfrecord":
+        _log_once("TFRecords: streaming whole records (shards without an index; rerun --mode=tfrecords to "
+                  "index them for random access)")
         dataset = tf.data.Dataset.from_tensor_slices(files)
         shard_files = len(files) >= num_shards
         if shard_files and num_shards > 1:
@@ -299,7 +467,14 @@ def build_dataset(config, split, *, batch_size=None, shuffle=None, repeat=False,
     if repeat:
         dataset = dataset.repeat()
 
-    if config.data_format == "tfrecord":
+    if indexes is not None:
+        reader = _indexed_reader(indexes, num_segments, training, num_clips, policy)
+
+        def load(element, rand):
+            video, label = element
+            jpegs, ok = tf.numpy_function(reader, [video, rand], [tf.string, tf.bool], stateful=False)
+            return _from_jpegs(tf.reshape(jpegs, [size]), label, tf.reshape(ok, []), rand)
+    elif config.data_format == "tfrecord":
         planner = _index_planner(num_segments, training, num_clips, policy)
 
         def select(serialized, rand):
