@@ -262,3 +262,18 @@ def test_shards_of_another_tool_are_indexed_from_the_file_alone(tmp_path, media)
     assert BAD_SAMPLES.total == before + 1
     with pytest.raises(tf.errors.OpError, match="val-00000-of-00001.tfrecord.*no frames"):
         _clips(build_dataset(config.replace(on_bad_sample="fail"), "val"))
+
+
+def test_a_corrupt_jpeg_body_is_counted_on_both_tfrecord_paths(media):
+    config = _three_videos(media)
+    frame = media / "frames" / "b" / "img_00004.jpg"  # frame 3: a segment centre of 24 frames
+    frame.write_bytes(b"\xff\xd8" + bytes(range(7, 250)) * 8 + b"\xff\xd9")
+    convert(config)
+    records = config.replace(data_format="tfrecord")
+    before = BAD_SAMPLES.total
+    assert sorted(y for y, _ in _clips(build_dataset(records, "val"))) == [0, 1]
+    assert BAD_SAMPLES.total == before + 1
+    for shard in _shards(media):
+        _drop_index(shard)
+    assert sorted(y for y, _ in _clips(build_dataset(records, "val"))) == [0, 1]
+    assert BAD_SAMPLES.total == before + 2

@@ -47,6 +47,16 @@ class BadSampleCounter:
         if first:
             log.warning("skipping bad sample %s", error)
 
+    def record_unknown(self, count, reason):
+        """`count` samples dropped without a path to name (e.g. by tf.data's ignore_errors)."""
+        count = int(count)
+        if count <= 0:
+            return
+        with self._lock:
+            self.total += count
+            self._since_take += count
+        log.warning("skipping %d bad sample%s (%s)", count, "" if count == 1 else "s", reason)
+
     def take(self):
         """Samples skipped since the previous `take()` (and reset that count)."""
         with self._lock:

@@ -328,6 +328,56 @@ def _indexed_reader(indexes, num_segments, training, num_clips, policy):
     return read
 
 
+_DROPPED_REASON = ("an error inside the tf.data pipeline, e.g. a JPEG whose body does not decode; "
+                   "tf.data's warning above names the error")
+
+
+def _record_dropped(count):
+    BAD_SAMPLES.record_unknown(int(count), _DROPPED_REASON)
+    return np.int64(count)
+
+
+def _streamed_count(files, num_shards, shard_index):
+    """Elements a streaming TFRecord pipeline yields, from the shards' sidecar counts (None if unknown)."""
+    counts = []
+    for path in files:
+        try:
+            with open(f"{path}.json") as f:
+                counts.append(int(json.load(f)["videos"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    if num_shards <= 1:
+        return sum(counts)
+    if len(files) >= num_shards:
+        return sum(counts[shard_index::num_shards])
+    return len(range(shard_index, sum(counts), num_shards))
+
+
+def _count_dropped(dataset, total):
+    """Count the elements `ignore_errors` dropped: `(index, clip, label, ok)` -> `(clip, label, ok)`.
+
+    Indices are consecutive before the decoding map; a sequential scan finds the gaps and records them
+    in BAD_SAMPLES. `total` (the number of indices of a finite dataset, None when unknown or infinite)
+    ends the stream with a sentinel (ok False, filtered later) so that drops at the very end count too.
+    """
+    if total is not None:
+        clip_spec = dataset.element_spec[1]
+        sentinel = (tf.constant(total, tf.int64), tf.zeros([d or 0 for d in clip_spec.shape.as_list()], clip_spec.dtype),
+                    tf.zeros([], dataset.element_spec[2].dtype), tf.constant(False))
+        dataset = dataset.concatenate(tf.data.Dataset.from_tensors(sentinel))
+
+    def step(expected, element):
+        index = element[0]
+        gap = index - expected
+        recorded = tf.cond(gap > 0, lambda: tf.reshape(tf.numpy_function(_record_dropped, [gap], tf.int64), []),
+                           lambda: tf.zeros([], tf.int64))
+        with tf.control_dependencies([recorded]):
+            following = tf.identity(index + 1)
+        return following, element[1:]
+
+    return dataset.scan(tf.constant(0, tf.int64), step)
+
+
 def _is_good(clip, label, ok):
     del clip, label
     return ok
@@ -523,10 +573,21 @@ def build_dataset(config, split, *, batch_size=None, shuffle=None, repeat=False,
             clip = _eval_clip(frames, config, num_clips, num_crops)
         return clip, label, ok
 
-    dataset = dataset.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
     if policy == "skip":
-        # Last line of defence for data the Python checks cannot see (a corrupt JPEG body).
-        dataset = dataset.ignore_errors(log_warning=True)
+        # Last line of defence for data the Python checks cannot see (a corrupt JPEG body): tf.data drops
+        # the failing elements; numbering them before the map lets _count_dropped count the gaps.
+        total = int(dataset.cardinality())
+        if total < 0 and not repeat and config.data_format == "tfrecord":
+            total = _streamed_count(files, num_shards, shard_index)
+        total = total if total is not None and total >= 0 else None
+
+        def load_numbered(index, element):
+            return (index,) + tuple(load(*element))
+
+        dataset = dataset.enumerate().map(load_numbered, num_parallel_calls=AUTOTUNE, deterministic=True)
+        dataset = _count_dropped(dataset.ignore_errors(log_warning=True), total)
+    else:
+        dataset = dataset.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
     dataset = dataset.filter(_is_good).map(_drop_flag)
     if batch_size:
         dataset = dataset.batch(batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE,
