@@ -266,13 +266,15 @@ def _log_once(message, *args):
 def _load_tfrecord_indexes(files):
     """The shards' indexes ([(key, offsets, index dict)]), or None when any shard has none.
 
-    A shard whose recorded file size differs from its size now raises (the index is stale).
+    Every shard is checked: one whose recorded file size differs from its size now raises (the index
+    is stale), even when others have no index.
     """
-    loaded = []
+    loaded, missing = [], 0
     for path in files:
         index = tfrecords.read_index(path)
         if index is None:
-            return None
+            missing += 1
+            continue
         if _is_remote(path):
             size, inode = tf.io.gfile.stat(path).length, 0
         else:
@@ -281,7 +283,15 @@ def _load_tfrecord_indexes(files):
         if size != index["file_size"]:
             raise ValueError(f"{path}: the TFRecord index is stale (it was made for a {index['file_size']}-byte "
                              f"shard, the file has {size} bytes): rerun --mode=tfrecords to index it again")
-        index_file = tfrecords.index_path(path)
+        loaded.append(((path, inode, size), index))
+    if missing:
+        if loaded:
+            log.warning("%d of %d TFRecord shards have no index: streaming them all (rerun --mode=tfrecords to "
+                        "index them)", missing, len(files))
+        return None
+    indexes = []
+    for key, index in loaded:
+        index_file = tfrecords.index_path(key[0])
         if _is_remote(index_file):
             import io
             with tf.io.gfile.GFile(index_file, "rb") as f:
@@ -289,10 +299,10 @@ def _load_tfrecord_indexes(files):
         else:
             offsets = np.load(index_file, mmap_mode="r")  # large datasets: only the rows read are paged in
         if offsets.shape != (index["frames"], 2):
-            raise ValueError(f"{path}: the TFRecord index {index_file} has {offsets.shape[0]} rows, its sidecar "
+            raise ValueError(f"{key[0]}: the TFRecord index {index_file} has {offsets.shape[0]} rows, its sidecar "
                              f"says {index['frames']}: rerun --mode=tfrecords to index it again")
-        loaded.append(((path, inode, size), offsets, index))
-    return loaded
+        indexes.append((key, offsets, index))
+    return indexes
 
 
 def _indexed_reader(indexes, num_segments, training, num_clips, policy):
