@@ -152,3 +152,43 @@ def test_frame_normalization_matches_numpy_for_uint8_and_float():
         np.testing.assert_allclose(keras.ops.convert_to_numpy(FrameNormalization()(x)), expected, rtol=1e-5, atol=1e-5)
     bgr = keras.ops.convert_to_numpy(FrameNormalization(mean=(1, 2, 3), std=(1, 1, 1), channel_order="bgr")(frames))
     np.testing.assert_allclose(bgr, frames[..., ::-1].astype(np.float32) - np.array([1, 2, 3]), atol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16", "mixed_float16"])
+def test_fused_batchnorm_matches_keras_batchnorm(policy):
+    """Outputs, gradients and moving statistics (biased variance) as Keras' own layer, training and inference."""
+    from tsm_keras.layers import FusedBatchNormalization
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        rng = np.random.default_rng(0)
+        x = tf.constant(rng.normal(1.0, 2.0, (4, 6, 6, 5)).astype(np.float32))
+        weights = [rng.uniform(0.5, 1.5, 5), rng.normal(0, 1, 5), rng.normal(0, 1, 5), rng.uniform(0.5, 2, 5)]
+        # A loss that is not constant per channel, so that the input gradient is not zero.
+        upstream = tf.constant(rng.normal(0.0, 1.0, x.shape).astype(np.float32))
+        results = []
+        for layer in (keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9),
+                      FusedBatchNormalization(epsilon=1e-5, momentum=0.9)):
+            layer.build(x.shape)
+            layer.set_weights(weights)
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x, training=True)
+                loss = tf.reduce_sum(tf.cast(y, tf.float32) * upstream)
+            grads = tape.gradient(loss, [x] + layer.trainable_variables)
+            results.append(dict(dtype=y.dtype, train=np.asarray(tf.cast(y, tf.float32)),
+                                grads=[np.asarray(g) for g in grads],
+                                moving=[np.asarray(v) for v in layer.non_trainable_variables],
+                                infer=np.asarray(tf.cast(layer(x, training=False), tf.float32))))
+        keras_bn, fused = results
+        tol = 1e-5 if policy == "float32" else 2e-2
+        assert fused["dtype"] == keras_bn["dtype"]
+        np.testing.assert_allclose(fused["train"], keras_bn["train"], atol=tol * 10)
+        np.testing.assert_allclose(fused["infer"], keras_bn["infer"], atol=tol * 10)
+        for ours, theirs in zip(fused["grads"], keras_bn["grads"]):
+            np.testing.assert_allclose(ours, theirs, rtol=tol, atol=tol * np.abs(theirs).max())
+        for ours, theirs in zip(fused["moving"], keras_bn["moving"]):
+            np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)

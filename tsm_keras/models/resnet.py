@@ -8,7 +8,7 @@ so that weight converters map checkpoints by name.
 import keras
 from keras import layers
 
-from tsm_keras.layers import TemporalShift
+from tsm_keras.layers import FusedBatchNormalization, TemporalShift
 
 # depth -> (block kind, blocks per stage)
 RESNET_SPECS = {
@@ -60,7 +60,7 @@ def conv_bn(x, filters, kernel, stride, conv_name, bn_name, relu=True, use_bias=
     x = layers.Conv2D(filters, kernel, strides=stride, padding=padding, use_bias=use_bias or fold_batchnorm,
                       kernel_initializer=_kernel_init(), name=conv_name)(x)
     if not fold_batchnorm:
-        x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=bn_name)(x)
+        x = FusedBatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=bn_name)(x)
     if relu:
         x = layers.ReLU(name=f"{conv_name}_relu")(x)
     return x
@@ -111,7 +111,7 @@ def resnet_tsm_features(frames, depth=50, num_segments=8, shift="bidirectional",
     x = layers.Conv2D(64, 7, strides=2, padding="valid", use_bias=fold_batchnorm,
                       kernel_initializer=_kernel_init(), name="conv1")(x)
     if not fold_batchnorm:
-        x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name="bn_conv1")(x)
+        x = FusedBatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name="bn_conv1")(x)
     x = layers.ReLU(name="conv1_relu")(x)
     # Zero padding equals the references' -inf padding here: the input is post-ReLU (>= 0).
     x = layers.ZeroPadding2D(1, name="pool1_pad")(x)
