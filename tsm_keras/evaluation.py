@@ -66,6 +66,31 @@ def average_views(logits, num_views):
     return logits.reshape(-1, num_views, logits.shape[-1]).mean(axis=1)
 
 
+_INFERENCE_FUNCTIONS = {}
+
+
+def _inference_function(model):
+    """One traced `model(clips, training=False)` per model, reused by every call (validation after
+    each epoch would otherwise trace and optimize the graph again, and leave the old one to the GC)."""
+    import weakref
+
+    import tensorflow as tf
+
+    key = id(model)
+    entry = _INFERENCE_FUNCTIONS.get(key)
+    if entry is not None and entry[0]() is model:
+        return entry[1]
+    ref = weakref.ref(model)
+
+    @tf.function(reduce_retracing=True)
+    def forward(clips):
+        return ref()(clips, training=False)
+
+    _INFERENCE_FUNCTIONS[key] = (ref, forward)
+    weakref.finalize(model, _INFERENCE_FUNCTIONS.pop, key, None)
+    return forward
+
+
 def predict_dataset(model, dataset, progress=None):
     """Run `model` over `(clips, labels)` batches; clips `[b, T, H, W, 3]` or `[b, views, T, H, W, 3]`.
 
@@ -73,10 +98,7 @@ def predict_dataset(model, dataset, progress=None):
     """
     import tensorflow as tf
 
-    @tf.function(reduce_retracing=True)
-    def forward(clips):
-        return model(clips, training=False)
-
+    forward = _inference_function(model)
     all_logits, all_labels = [], []
     for clips, labels in dataset:
         views = 1
