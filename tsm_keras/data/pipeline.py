@@ -226,14 +226,7 @@ class _ShardFiles:
                     else:
                         transient = True
         try:
-            out = []
-            for offset, length in ranges.tolist():
-                data = os.pread(fd, length, offset)
-                if len(data) != length:
-                    raise BadSampleError(key[0], f"short read at offset {offset} ({len(data)} of {length} bytes): "
-                                         "the shard is truncated; rerun --mode=tfrecords")
-                out.append(data)
-            return out
+            return _read_ranges(key[0], ranges, lambda offset, length: os.pread(fd, length, offset))
         finally:
             if transient:
                 os.close(fd)
@@ -242,16 +235,25 @@ class _ShardFiles:
 _SHARD_FILES = _ShardFiles()
 
 
+def _read_ranges(path, ranges, read_at):
+    """Bytes of each (offset, length) row of `ranges`, read by `read_at(offset, length)`."""
+    out = []
+    for offset, length in ranges.tolist():
+        data = read_at(offset, length)
+        if len(data) != length:
+            raise BadSampleError(path, f"short read at offset {offset} ({len(data)} of {length} bytes): "
+                                 "the shard is truncated; rerun --mode=tfrecords")
+        out.append(data)
+    return out
+
+
 def _read_remote(path, ranges):
     with tf.io.gfile.GFile(path, "rb") as f:
-        out = []
-        for offset, length in ranges.tolist():
+        def read_at(offset, length):
             f.seek(offset)
-            data = f.read(length)
-            if len(data) != length:
-                raise BadSampleError(path, f"short read at offset {offset}: the shard is truncated")
-            out.append(data)
-        return out
+            return f.read(length)
+
+        return _read_ranges(path, ranges, read_at)
 
 
 _LOGGED = set()
@@ -305,11 +307,15 @@ def _load_tfrecord_indexes(files):
     return indexes
 
 
-def _indexed_reader(indexes, num_segments, training, num_clips, policy):
+def _video_table(indexes):
+    """int64 [videos, 3] = (first index row in its shard, num_frames, label) over all shards, in order."""
+    return np.concatenate([np.asarray(i["videos"], np.int64).reshape(-1, 3) for _, _, i in indexes])
+
+
+def _indexed_reader(indexes, table, num_segments, training, num_clips, policy):
     """Python side of indexed TFRecords: plan the frames of video `video`, read their JPEG bytes."""
     size = num_segments * num_clips
     shard_of = np.concatenate([np.full(len(i["videos"]), s, np.int64) for s, (_, _, i) in enumerate(indexes)])
-    table = np.concatenate([np.asarray(i["videos"], np.int64).reshape(-1, 3) for _, _, i in indexes])
     first, counts = table[:, 0], table[:, 1]
     keys = [key for key, _, _ in indexes]
     offsets = [rows for _, rows, _ in indexes]
@@ -372,7 +378,8 @@ def _count_dropped(dataset, total):
     """
     if total is not None:
         clip_spec = dataset.element_spec[1]
-        sentinel = (tf.constant(total, tf.int64), tf.zeros([d or 0 for d in clip_spec.shape.as_list()], clip_spec.dtype),
+        empty_clip = tf.zeros([d or 0 for d in clip_spec.shape.as_list()], clip_spec.dtype)
+        sentinel = (tf.constant(total, tf.int64), empty_clip,
                     tf.zeros([], dataset.element_spec[2].dtype), tf.constant(False))
         dataset = dataset.concatenate(tf.data.Dataset.from_tensors(sentinel))
 
@@ -488,7 +495,8 @@ def build_dataset(config, split, *, batch_size=None, shuffle=None, repeat=False,
         indexes = _load_tfrecord_indexes(files)
     if indexes is not None:
         _log_once("TFRecords: reading the sampled frames through the shard indexes (random access)")
-        labels = np.concatenate([np.asarray(i["videos"], np.int64).reshape(-1, 3)[:, 2] for _, _, i in indexes])
+        table = _video_table(indexes)
+        labels = table[:, 2]
         dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(labels), dtype=tf.int64),
                                                       tf.constant(labels, tf.int32)))
         if num_shards > 1:
@@ -528,7 +536,7 @@ def build_dataset(config, split, *, batch_size=None, shuffle=None, repeat=False,
         dataset = dataset.repeat()
 
     if indexes is not None:
-        reader = _indexed_reader(indexes, num_segments, training, num_clips, policy)
+        reader = _indexed_reader(indexes, table, num_segments, training, num_clips, policy)
 
         def load(element, rand):
             video, label = element

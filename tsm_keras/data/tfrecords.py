@@ -240,9 +240,7 @@ def write_shard(records, path, data_format, short_side, frame_template, policy):
     # A shard file that exists is complete and indexed: index the temporary file under the final name.
     offsets, index = scan_shard(tmp)
     _write_index(path, offsets)
-    with open(f"{path}.json.tmp", "w") as f:
-        json.dump(dict(stats, index=index), f)
-    os.replace(f"{path}.json.tmp", f"{path}.json")
+    _write_sidecar(path, dict(stats, index=index))
     os.replace(tmp, path)
     return stats
 
