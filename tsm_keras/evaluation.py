@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import json
 import os
+import weakref
 
 import numpy as np
 
@@ -66,28 +67,23 @@ def average_views(logits, num_views):
     return logits.reshape(-1, num_views, logits.shape[-1]).mean(axis=1)
 
 
-_INFERENCE_FUNCTIONS = {}
+_INFERENCE_FUNCTIONS = weakref.WeakKeyDictionary()
 
 
 def _inference_function(model):
     """One traced `model(clips, training=False)` per model, reused by every call (validation after
     each epoch would otherwise trace and optimize the graph again, and leave the old one to the GC)."""
-    import weakref
-
     import tensorflow as tf
 
-    key = id(model)
-    entry = _INFERENCE_FUNCTIONS.get(key)
-    if entry is not None and entry[0]() is model:
-        return entry[1]
-    ref = weakref.ref(model)
+    forward = _INFERENCE_FUNCTIONS.get(model)
+    if forward is None:
+        ref = weakref.ref(model)  # the cache must not keep the model alive
 
-    @tf.function(reduce_retracing=True)
-    def forward(clips):
-        return ref()(clips, training=False)
+        @tf.function(reduce_retracing=True)
+        def forward(clips):
+            return ref()(clips, training=False)
 
-    _INFERENCE_FUNCTIONS[key] = (ref, forward)
-    weakref.finalize(model, _INFERENCE_FUNCTIONS.pop, key, None)
+        _INFERENCE_FUNCTIONS[model] = forward
     return forward
 
 

@@ -246,8 +246,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         if training and self.trainable:
             outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
                 inputs, gamma, beta, epsilon=self.epsilon, data_format="NHWC", is_training=True)[:3]
-            count = tf.cast(tf.size(inputs, out_type=tf.int64) // tf.cast(tf.shape(inputs)[-1], tf.int64),
-                            tf.float32)
+            count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:-1]), tf.float32)  # values per channel
             variance = variance * tf.maximum(count - 1.0, 1.0) / tf.maximum(count, 1.0)
             self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
             self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))

@@ -243,17 +243,13 @@ def train(config, *, data=None, stop_after_steps=None):
 
 
 def _next_batch(iterator, epoch):
-    try:
-        return next(iterator)
-    except (StopIteration, tf_out_of_range()):
-        raise RuntimeError(f"the training data ran out during epoch {epoch + 1}: every sample may have been "
-                           "skipped as bad (see the warnings above), or the dataset is empty.") from None
-
-
-def tf_out_of_range():
     import tensorflow as tf
 
-    return tf.errors.OutOfRangeError
+    try:
+        return next(iterator)
+    except (StopIteration, tf.errors.OutOfRangeError):
+        raise RuntimeError(f"the training data ran out during epoch {epoch + 1}: every sample may have been "
+                           "skipped as bad (see the warnings above), or the dataset is empty.") from None
 
 
 def _check_same_run(config, model_dir):
