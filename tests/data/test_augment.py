@@ -167,3 +167,11 @@ def test_normalize_matches_numpy():
     mean = np.array([0.485, 0.456, 0.406]) * 255
     std = np.array([0.229, 0.224, 0.225]) * 255
     np.testing.assert_allclose(out, (clip - mean) / std, rtol=1e-5, atol=1e-5)
+
+
+def test_flip_left_right_keeps_static_shape_and_flips_any_rank():
+    views = np.random.default_rng(1).integers(0, 256, (2, 3, 5, 7, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(augment.flip_left_right(tf.constant(views)).numpy(), views[..., ::-1, :])
+    spec = tf.TensorSpec([8, 224, 224, 3], tf.uint8)
+    traced = tf.function(lambda x: augment.random_flip(x, tf.constant([3, 1], tf.int64)))
+    assert traced.get_concrete_function(spec).output_shapes.as_list() == [8, 224, 224, 3]
