@@ -26,6 +26,10 @@ Backends:
   paddlevideo      PaddleVideo's ResNetTSM(50) from the installed ppvideo (loaded by path, relative
                    imports stubbed: tests/convert/paddle_reference.py) + avgpool/Linear head, dygraph,
                    paddle.no_grad
+  fp32_gemm_ceiling  not a model: a 4096^2 float32 matmul in TensorFlow (oneDNN), --threads. Reported
+                   apart as the machine's float32 ceiling: the model's multiply-accumulates (counted
+                   from its graph) at that GEMM rate give a latency no float32 path can beat, which
+                   says how far each target is from what the cores can do.
 """
 
 import argparse
@@ -41,8 +45,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 NUM_SEGMENTS, IMAGE_SIZE, NUM_CLASSES = 8, 224, 400
 OURS_FLOAT32 = ("saved_model", "tflite_float32", "onnxruntime")
+CEILING = "fp32_gemm_ceiling"
+GEMM_SIZE = 4096
 ALL_BACKENDS = ("saved_model", "saved_model_uint8", "tflite_float32", "tflite_dynamic_int8", "onnxruntime",
-                "torch_eager", "paddlevideo")
+                "torch_eager", "paddlevideo", CEILING)
 
 
 # ------------------------------------------------------------------------------------------ artefacts
@@ -141,6 +147,13 @@ def make_runner(backend, cache, threads):
         return run, f"torch {torch.__version__}"
     if backend == "paddlevideo":
         return paddle_runner(rng)
+    if backend == CEILING:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        a, b = (tf.constant(rng.normal(size=(GEMM_SIZE, GEMM_SIZE)).astype("float32")) for _ in range(2))
+        matmul = tf.function(tf.matmul)
+        return (lambda: matmul(a, b).numpy()), f"tensorflow {tf.__version__}"
     raise ValueError(f"unknown backend {backend!r}; known: {ALL_BACKENDS}")
 
 
@@ -223,6 +236,42 @@ def machine():
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
 
 
+def model_macs(cache):
+    """Multiply-accumulates of one 8x224^2 clip through TSM-R50, counted from its graph (cached)."""
+    path = os.path.join(cache, "macs.json")
+    if not os.path.isfile(path):
+        code = ("import json, sys; import tsm_keras; from tsm_keras.models.flops import count_macs; "
+                f"m = tsm_keras.build_tsm({NUM_CLASSES}, num_segments={NUM_SEGMENTS}, backbone='resnet50', "
+                f"image_size={IMAGE_SIZE}); "
+                f"print(json.dumps(count_macs(m, (1, {NUM_SEGMENTS}, {IMAGE_SIZE}, {IMAGE_SIZE}, 3))))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT))
+        os.makedirs(cache, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(out.stdout.strip().splitlines()[-1])
+    with open(path) as f:
+        return json.load(f)["macs"]
+
+
+def ceiling(gemm_seconds, cache, seconds):
+    """The float32 floor latency at the fastest round's GEMM rate, and what each target asks of it."""
+    gflops = 2 * GEMM_SIZE ** 3 / gemm_seconds / 1e9
+    macs = model_macs(cache)
+    floor = 2 * macs / (gflops * 1e9)
+    out = {"gemm_gflops": round(gflops, 1), "model_gmacs": round(macs / 1e9, 2),
+           "seconds_per_clip_at_gemm_rate": round(floor, 4)}
+    for backend, factor in (("torch_eager", 2.0), ("paddlevideo", 3.0)):
+        if backend in seconds:
+            target = seconds[backend] / factor
+            out[f"{backend}_target_seconds"] = round(target, 4)
+            out[f"{backend}_target_as_fraction_of_gemm_rate"] = round(floor / target, 2)
+    ours = {b: seconds[b] for b in OURS_FLOAT32 if b in seconds}
+    if ours:
+        best = min(ours, key=ours.get)
+        out["best_ours_as_fraction_of_gemm_rate"] = round(floor / seconds[best], 2)
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -260,6 +309,8 @@ def main():
             cpu_per_round[backend].append(statistics.median(out["cpu_times"]))
     load_after = os.getloadavg()
 
+    gemm_seconds = per_round.pop(CEILING, None)
+    cpu_per_round.pop(CEILING, None)
     seconds = {b: round(statistics.median(v), 4) for b, v in per_round.items() if v}
     fastest = {b: round(min(v), 4) for b, v in per_round.items() if v}
     cpu_seconds = {b: round(statistics.median(v), 4) for b, v in cpu_per_round.items() if v}
@@ -286,6 +337,8 @@ def main():
         if "paddlevideo" in table:
             targets["paddlevideo_over_best_ours_at_least_3"] = table["paddlevideo"] / table[best] >= 3.0
         result[f"{label}_targets"] = targets
+    if gemm_seconds:
+        result["fp32_ceiling"] = ceiling(min(gemm_seconds), args.cache, seconds)
     result.update({
         "errors": errors,
         "machine": machine(),
