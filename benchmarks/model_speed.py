@@ -5,6 +5,11 @@
 
 Prints one JSON object. TSM and TSN are measured in alternating rounds within the same process
 (so drift in machine load hits both), and the ratio TSM time / TSN time is reported per mode.
+
+`shift_floor` times the model's temporal shifts alone on tensors of their input shapes, and a plain
+memory copy of the same tensors (a multiply by a variable holding 1: Eigen's multi-threaded
+elementwise pass, faster here than DeepCopy's memcpy): any shift that writes its output costs at least that
+copy, so `copy_over_tsn_forward` is the inference overhead no materialized shift can go below.
 """
 
 import json
@@ -54,6 +59,35 @@ def make_steps(shift):
     return forward, train_step
 
 
+def shift_floor(rounds, steps):
+    """(seconds of all shifts, seconds of copying the same tensors) per forward, medians over rounds."""
+    model = tsm_keras.build_tsm(400, num_segments=FLAGS.num_segments, backbone=FLAGS.backbone,
+                                image_size=FLAGS.image_size)
+    shifts = [layer for layer in model._flatten_layers() if isinstance(layer, tsm_keras.TemporalShift)]
+    frames = FLAGS.batch_size * FLAGS.num_segments
+    tensors = [tf.random.stateless_normal((frames,) + tuple(layer.input.shape[1:]), seed=(i, 1),
+                                          dtype=keras.mixed_precision.dtype_policy().compute_dtype)
+               for i, layer in enumerate(shifts)]
+
+    @tf.function
+    def shift_all(xs):
+        return tf.add_n([tf.reduce_sum(layer(x)[0, 0, 0]) for layer, x in zip(shifts, xs)])
+
+    one = tf.Variable(1.0, dtype=tensors[0].dtype)  # a variable, so Grappler cannot fold the multiply away
+
+    @tf.function
+    def copy_all(xs):
+        return tf.add_n([tf.reduce_sum((x * one)[0, 0, 0]) for x in xs])
+
+    times = {shift_all: [], copy_all: []}
+    for fn in times:
+        timed(fn, (tensors,), 1)
+    for _ in range(rounds):
+        for fn in times:
+            times[fn].append(timed(fn, (tensors,), steps))
+    return float(np.median(times[shift_all])), float(np.median(times[copy_all])), len(shifts)
+
+
 def timed(fn, args, steps):
     start = time.perf_counter()
     for _ in range(steps):
@@ -92,6 +126,11 @@ def main(argv):
             "tsn_clips_per_s": FLAGS.batch_size / med["tsn"],
             "tsm_over_tsn_time": med["tsm"] / med["tsn"],
         }
+    shift_s, copy_s, count = shift_floor(FLAGS.rounds, FLAGS.steps)
+    tsn_forward = FLAGS.batch_size / result["forward"]["tsn_clips_per_s"]
+    result["shift_floor"] = {"shifts": count, "shift_seconds": shift_s, "copy_seconds": copy_s,
+                             "shift_over_tsn_forward": shift_s / tsn_forward,
+                             "copy_over_tsn_forward": copy_s / tsn_forward}
     print(json.dumps(result, indent=2))
 
 
