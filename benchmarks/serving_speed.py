@@ -18,6 +18,11 @@ written once to --cache and reused.
 Backends:
   saved_model      tf.saved_model.load(...).signatures["serving_clips"] (float32 cropped clips)
   saved_model_uint8  signatures["serving_default"] on uint8 256x340 frames (resize + crop in the graph)
+  saved_model_frozen_weights  saved_model in a process started with TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1:
+                   oneDNN keeps each conv's reordered filter instead of reordering it on every call
+                   (Intel's setting for SavedModel inference). Same graph and float32 arithmetic.
+                   Only for processes whose weights never change: it is process-wide, and convs
+                   run eagerly or after a variable assignment then return stale results (README).
   tflite_float32   tf.lite.Interpreter, XNNPACK, --threads
   tflite_dynamic_int8  the same with dynamic-range int8 weights (not float32: listed, not in "best")
   onnxruntime      tf2onnx graph on onnxruntime CPUExecutionProvider, intra-op --threads
@@ -44,11 +49,12 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 NUM_SEGMENTS, IMAGE_SIZE, NUM_CLASSES = 8, 224, 400
-OURS_FLOAT32 = ("saved_model", "tflite_float32", "onnxruntime")
+OURS_FLOAT32 = ("saved_model", "saved_model_frozen_weights", "tflite_float32", "onnxruntime")
+FROZEN_WEIGHTS_ENV = "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"
 CEILING = "fp32_gemm_ceiling"
 GEMM_SIZE = 4096
-ALL_BACKENDS = ("saved_model", "saved_model_uint8", "tflite_float32", "tflite_dynamic_int8", "onnxruntime",
-                "torch_eager", "paddlevideo", CEILING)
+ALL_BACKENDS = ("saved_model", "saved_model_uint8", "saved_model_frozen_weights", "tflite_float32",
+                "tflite_dynamic_int8", "onnxruntime", "torch_eager", "paddlevideo", CEILING)
 
 
 # ------------------------------------------------------------------------------------------ artefacts
@@ -108,7 +114,7 @@ def make_runner(backend, cache, threads):
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         sys.path.insert(0, ROOT)
         loaded = tf.saved_model.load(_latest_version(paths["saved_model"]))
-        if backend == "saved_model":
+        if backend in ("saved_model", "saved_model_frozen_weights"):
             signature = loaded.signatures["serving_clips"]
             clips = tf.constant(rng.uniform(0, 255, (1, NUM_SEGMENTS, IMAGE_SIZE, IMAGE_SIZE, 3)).astype("float32"))
             return (lambda: signature(clips=clips)["probabilities"].numpy()), f"tensorflow {tf.__version__}"
@@ -217,6 +223,7 @@ def worker(backend, cache, threads, warmup, iters):
 def run_child(backend, args):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", OMP_NUM_THREADS=str(args.threads),
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env[FROZEN_WEIGHTS_ENV] = "1" if backend == "saved_model_frozen_weights" else "0"
     command = [sys.executable, os.path.abspath(__file__), "--worker", backend, "--cache", args.cache,
                "--threads", str(args.threads), "--warmup", str(args.warmup), "--iters", str(args.iters)]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
