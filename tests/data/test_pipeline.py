@@ -178,3 +178,26 @@ def test_list_errors_fail_before_any_clip(media):
         build_dataset(config, "val")
     with pytest.raises(ValueError, match="split"):
         build_dataset(config, "training")
+
+
+def test_frames_read_in_groups_keep_order_and_counts_across_group_edges(media, monkeypatch):
+    """READ_GROUP elements share one Python call: a missing folder, a corrupt JPEG body and a partial last
+    group give the same clips, order and counts as reading one element per call."""
+    from tsm_keras.data import pipeline
+
+    write_frames(str(media / "frames" / "bad"), 24)
+    _garbage_body(media / "frames" / "bad" / "img_00004.jpg")  # frame 3: a segment centre of 24 frames
+    rows = [f"frames/{'ab'[i % 2]} 24 {i % 3}" for i in range(11)]
+    rows[2], rows[9] = "frames/gone 24 1", "frames/bad 24 2"  # in the first group and in the last, partial one
+    (media / "frames.txt").write_text("\n".join(rows) + "\n")
+    config = _config(data_format="frames", data_root=str(media), val_list=str(media / "frames.txt"))
+    results = []
+    for group in (1, 3, 8):
+        monkeypatch.setattr(pipeline, "READ_GROUP", group)
+        before = BAD_SAMPLES.total
+        clips, labels = _take_all(build_dataset(config, "val"))
+        results.append((clips, labels.tolist(), BAD_SAMPLES.total - before))
+    expected_labels = [int(r.split()[2]) for i, r in enumerate(rows) if i not in (2, 9)]
+    for clips, labels, dropped in results:
+        assert labels == expected_labels and dropped == 2
+        np.testing.assert_array_equal(clips, results[0][0])
