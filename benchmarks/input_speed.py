@@ -139,8 +139,13 @@ def time_paddlevideo(cache, data_format, seconds):
 
 
 def _child(kind, cache, data_format, seconds):
-    run = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", kind, "--format", data_format,
-                          "--cache", cache, "--seconds", str(seconds)], capture_output=True, text=True)
+    try:
+        # A child stalled once in ~20 runs (7 s of CPU in 10 min, cause not found): never wait forever.
+        run = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", kind, "--format", data_format,
+                              "--cache", cache, "--seconds", str(seconds)], capture_output=True, text=True,
+                             timeout=10 * seconds + 300)
+    except subprocess.TimeoutExpired:
+        return None, f"timed out after {10 * seconds + 300} s"
     lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
     if run.returncode != 0 or not lines:
         return None, run.stderr[-800:]
