@@ -43,21 +43,29 @@ def compute_metrics(logits, labels, num_classes):
     labels = np.asarray(labels, np.int64)
     if logits.ndim != 2 or logits.shape[0] != labels.shape[0]:
         raise ValueError(f"expected logits [n, classes] and labels [n], got {logits.shape} and {labels.shape}.")
-    predictions = logits.argmax(-1)
     confusion = np.zeros((num_classes, num_classes), np.int64)
-    np.add.at(confusion, (labels, predictions), 1)
+    np.add.at(confusion, (labels, logits.argmax(-1)), 1)
+    top5_hits = int(topk_hits(logits, labels, 5).sum()) if len(labels) else 0
+    return metrics_from_counts(confusion, top5_hits)
+
+
+def metrics_from_counts(confusion, top5_hits):
+    """`compute_metrics`' dict from the confusion matrix and the number of top-5 hits (what distributed
+    validation sums over replicas and workers)."""
+    confusion = np.asarray(confusion, np.int64)
     support = confusion.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
         per_class = np.where(support > 0, np.diag(confusion) / np.maximum(support, 1), np.nan)
-    n = max(len(labels), 1)
+    count = int(support.sum())
+    n = max(count, 1)
     return dict(
-        top1=float((predictions == labels).sum() / n),
-        top5=float(topk_hits(logits, labels, 5).sum() / n) if len(labels) else 0.0,
+        top1=float(np.trace(confusion) / n),
+        top5=float(top5_hits / n),
         mean_class_accuracy=float(np.nanmean(per_class)) if (support > 0).any() else 0.0,
         per_class_accuracy=per_class.tolist(),
         per_class_support=support.tolist(),
         confusion=confusion,
-        num_samples=int(len(labels)),
+        num_samples=count,
     )
 
 

@@ -104,6 +104,29 @@ def test_mirrored_over_two_logical_cpus_matches_one_device(tmp_path):
     assert moved > 50
 
 
+def _single_device_metrics(config, num_val):
+    """Metrics of the run's final weights on the fake validation list, on one device, in this process."""
+    os.environ["FAKE_NUM_VAL"] = str(num_val)
+    try:
+        dataset = fake_data.build_dataset(config, "val", batch_size=config.batch_size, shuffle=False)
+        return evaluate(Config(mode="eval", weights=config.model_dir), dataset=dataset)
+    finally:
+        del os.environ["FAKE_NUM_VAL"]
+
+
+def test_mirrored_validation_runs_on_every_replica_and_matches_one_device(tmp_path):
+    # 13 clips, batches of 4 over 2 replicas: the last global batch is partial (one clip, one replica empty).
+    config = _config(tmp_path / "mirrored", strategy="mirrored", epochs=1, steps_per_epoch=2)
+    output = _run(config, "--logical_cpus=2", env={"FAKE_NUM_VAL": "13"})
+    with open(os.path.join(config.model_dir, "eval_metrics.json")) as f:
+        distributed = json.load(f)
+    single = _single_device_metrics(config, 13)
+    assert distributed["num_samples"] == single["num_samples"] == 13
+    for key in ("top1", "top5", "per_class_support"):
+        assert distributed[key] == single[key], key
+    assert f"top1={single['top1']:.4f} top5={single['top5']:.4f}" in output
+
+
 def _initial_weights(config):
     import keras
 
@@ -118,12 +141,13 @@ def _free_port():
 
 
 def test_two_process_multi_worker_completes_and_workers_agree(tmp_path):
+    # Validation is sharded over the workers: 13 clips give them 7 and 6, so one worker runs out first.
     config = _config(tmp_path / "run", epochs=1, strategy="multi_worker", validate=False)
     workers = [f"localhost:{_free_port()}", f"localhost:{_free_port()}"]
     processes = []
     for index in range(2):
         tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
-        processes.append(_run(config, env={"TF_CONFIG": tf_config}, wait=False))
+        processes.append(_run(config, env={"TF_CONFIG": tf_config, "FAKE_NUM_VAL": "13"}, wait=False))
     outputs = []
     for process in processes:
         output, _ = process.communicate(timeout=600)
@@ -131,6 +155,8 @@ def test_two_process_multi_worker_completes_and_workers_agree(tmp_path):
         assert process.returncode == 0, output[-3000:]
     finals = [[line for line in out.splitlines() if line.startswith("top1=")][-1] for out in outputs]
     assert finals[0] == finals[1]
+    single = _single_device_metrics(config, 13)
+    assert finals[0] == f"top1={single['top1']:.4f} top5={single['top5']:.4f}"
     chief = _weights(config)
     other = _weights(config, os.path.join(config.model_dir, "workers", "worker-1.weights.h5"))
     names = [v.path for v in build_model_for(config).weights]
