@@ -23,6 +23,8 @@ Backends:
                    (Intel's setting for SavedModel inference). Same graph and float32 arithmetic.
                    Only for processes whose weights never change: it is process-wide, and convs
                    run eagerly or after a variable assignment then return stale results (README).
+  saved_model_bfloat16  the same random-weight model exported with --export_precision=bfloat16
+                   (bfloat16 convs and activations: not float32, so listed, not in "best")
   tflite_float32   tf.lite.Interpreter, XNNPACK, --threads
   tflite_dynamic_int8  the same with dynamic-range int8 weights (not float32: listed, not in "best")
   onnxruntime      tf2onnx graph on onnxruntime CPUExecutionProvider, intra-op --threads
@@ -53,13 +55,14 @@ OURS_FLOAT32 = ("saved_model", "saved_model_frozen_weights", "tflite_float32", "
 FROZEN_WEIGHTS_ENV = "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"
 CEILING = "fp32_gemm_ceiling"
 GEMM_SIZE = 4096
-ALL_BACKENDS = ("saved_model", "saved_model_uint8", "saved_model_frozen_weights", "tflite_float32",
-                "tflite_dynamic_int8", "onnxruntime", "torch_eager", "paddlevideo", CEILING)
+ALL_BACKENDS = ("saved_model", "saved_model_uint8", "saved_model_frozen_weights", "saved_model_bfloat16",
+                "tflite_float32", "tflite_dynamic_int8", "onnxruntime", "torch_eager", "paddlevideo", CEILING)
 
 
 # ------------------------------------------------------------------------------------------ artefacts
 def artefact_paths(cache):
-    return dict(saved_model=os.path.join(cache, "saved_model"), onnx=os.path.join(cache, "tsm_r50.onnx"),
+    return dict(saved_model=os.path.join(cache, "saved_model"),
+                saved_model_bfloat16=os.path.join(cache, "saved_model_bfloat16"), onnx=os.path.join(cache, "tsm_r50.onnx"),
                 tflite_float32=os.path.join(cache, "tsm_r50_float32.tflite"),
                 tflite_dynamic_int8=os.path.join(cache, "tsm_r50_dynamic_int8.tflite"))
 
@@ -69,7 +72,8 @@ def prepare(cache, backends):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.path.insert(0, ROOT)
     paths = artefact_paths(cache)
-    needed = {"saved_model": any(b.startswith("saved_model") for b in backends),
+    needed = {"saved_model": any(b.startswith("saved_model") and b != "saved_model_bfloat16" for b in backends),
+              "saved_model_bfloat16": "saved_model_bfloat16" in backends,
               "onnx": "onnxruntime" in backends,
               "tflite_float32": "tflite_float32" in backends,
               "tflite_dynamic_int8": "tflite_dynamic_int8" in backends}
@@ -84,9 +88,10 @@ def prepare(cache, backends):
     model = tsm_keras.build_tsm(NUM_CLASSES, num_segments=NUM_SEGMENTS, backbone="resnet50", image_size=IMAGE_SIZE,
                                 normalize_input=True)
     os.makedirs(cache, exist_ok=True)
-    if needed["saved_model"] and not os.path.exists(paths["saved_model"]):
-        export_saved_model(model, paths["saved_model"], scale_size=256)
-        resolve_saved_model_dir(paths["saved_model"])
+    for key, precision in (("saved_model", "float32"), ("saved_model_bfloat16", "bfloat16")):
+        if needed[key] and not os.path.exists(paths[key]):
+            export_saved_model(model, paths[key], scale_size=256, precision=precision)
+            resolve_saved_model_dir(paths[key])
     if needed["onnx"] and not os.path.exists(paths["onnx"]):
         from tsm_keras.export.onnx import export_onnx
 
@@ -113,8 +118,9 @@ def make_runner(backend, cache, threads):
 
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         sys.path.insert(0, ROOT)
-        loaded = tf.saved_model.load(_latest_version(paths["saved_model"]))
-        if backend in ("saved_model", "saved_model_frozen_weights"):
+        folder = paths["saved_model_bfloat16" if backend == "saved_model_bfloat16" else "saved_model"]
+        loaded = tf.saved_model.load(_latest_version(folder))
+        if backend in ("saved_model", "saved_model_frozen_weights", "saved_model_bfloat16"):
             signature = loaded.signatures["serving_clips"]
             clips = tf.constant(rng.uniform(0, 255, (1, NUM_SEGMENTS, IMAGE_SIZE, IMAGE_SIZE, 3)).astype("float32"))
             return (lambda: signature(clips=clips)["probabilities"].numpy()), f"tensorflow {tf.__version__}"

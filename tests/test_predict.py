@@ -178,6 +178,13 @@ def test_keras_file_and_export_formats_from_a_run(trained_run, tmp_path):
     with pytest.raises(FileExistsError, match="never overwritten"):
         export_from_config(config)
     assert isinstance(keras.models.load_model(tmp_path / "tsm.keras", compile=False), tsm_keras.TSM)
+    with pytest.raises(ValueError, match="export_precision=bfloat16 is for --export_format=saved_model"):
+        export_from_config(config.replace(export_precision="bfloat16"))
+    # A bfloat16 SavedModel of the trained run still names the video's class.
+    bf16 = config.replace(export_format="saved_model", export_precision="bfloat16",
+                          export_dir=str(tmp_path / "bf16"))
+    assert export_from_config(bf16) == 0
+    assert tsm_keras.load(bf16.export_dir).predict_video(path)["predictions"][0]["label"] == name
 
 
 def test_bad_arrays_give_clear_errors(trained_run):

@@ -57,6 +57,7 @@ class Config:
     export_dir: str = "saved_models/tsm"
     export_format: str = "saved_model"  # saved_model | onnx | tflite
     tflite_quant: str = "float32"  # float32 | float16 | dynamic_int8
+    export_precision: str = "float32"  # SavedModel compute: float32 | bfloat16 (bfloat16 inference form)
     trt_precision: str = ""  # "" (no TF-TRT) | FP32 | FP16 | INT8
     top_k: int = 5
     input: str = ""

@@ -240,3 +240,40 @@ def test_label_count_must_match_classes(tiny_tsm, tmp_path):
         export_saved_model(tiny_tsm, str(tmp_path / "x"), label_names=LABELS[:3], scale_size=SCALE_SIZE)
     with pytest.raises(ValueError, match="scale_size"):
         export_saved_model(tiny_tsm, str(tmp_path / "x"), scale_size=IMAGE_SIZE - 1)
+
+
+def test_bfloat16_export_runs_bfloat16_convs_and_keeps_the_predictions(tiny_tsm, clips, keras_logits, tmp_path):
+    """`precision="bfloat16"`: every conv of the exported graph is bfloat16; outputs stay float32 and
+    close to the float32 model's (bfloat16 keeps 8 bits of mantissa: ~0.4 % per rounding)."""
+    from tensorflow.core.framework import types_pb2
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    from tsm_keras.export.saved_model import export_saved_model, read_export_metadata
+
+    path = export_saved_model(tiny_tsm, str(tmp_path / "bf16"), label_names=LABELS, scale_size=SCALE_SIZE,
+                              precision="bfloat16")
+    assert read_export_metadata(path)["precision"] == "bfloat16"
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    conv_types = {node.attr["T"].type for function in saved.meta_graphs[0].graph_def.library.function
+                  for node in function.node_def if node.op in ("Conv2D", "DepthwiseConv2dNative")}
+    assert conv_types == {types_pb2.DT_BFLOAT16}
+    frames = np.zeros((1, NUM_SEGMENTS, SCALE_SIZE, SCALE_SIZE, 3), np.uint8)
+    out = run_fresh(path, tmp_path, frames=frames, clips=clips)
+    assert out["clips_logits"].dtype == np.float32 and out["clips_probabilities"].dtype == np.float32
+    np.testing.assert_allclose(out["clips_logits"], keras_logits, rtol=0, atol=0.05 * np.abs(keras_logits).max())
+    np.testing.assert_allclose(out["clips_probabilities"], softmax(keras_logits), atol=0.02)
+    assert (out["clips_top_k_indices"][:, 0] == keras_logits.argmax(-1)).all()
+
+
+def test_bfloat16_export_needs_a_tsm(tmp_path):
+    import keras
+
+    from tsm_keras.export.saved_model import inference_form
+
+    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="not a TSM"):
+        inference_form(other, precision="bfloat16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        inference_form(other, precision="float16")

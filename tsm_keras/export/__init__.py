@@ -1,7 +1,8 @@
 """Serving artefacts: versioned SavedModel (TF Serving), TF-TRT, ONNX and TFLite.
 
 `python app.py --mode=export --weights=<run folder | .keras | .pdparams ...> --export_dir=saved_models/tsm`
-    [--export_format=saved_model|onnx|tflite] [--tflite_quant=float32|float16|dynamic_int8]
+    [--export_format=saved_model|onnx|tflite] [--export_precision=float32|bfloat16 (SavedModel)]
+    [--tflite_quant=float32|float16|dynamic_int8]
     [--trt_precision=FP32|FP16|INT8]
 
 Kept import-light: each format's module imports TensorFlow (and tf2onnx, onnxruntime) itself.
@@ -34,6 +35,9 @@ def export_from_config(config):
     """`--mode=export`: write the artefact `--export_format` asks for; print where it went."""
     if config.export_format not in ("saved_model", "onnx", "tflite"):
         raise ValueError(f"--export_format must be saved_model, onnx or tflite, got {config.export_format!r}.")
+    if config.export_precision != "float32" and config.export_format != "saved_model":
+        raise ValueError(f"--export_precision={config.export_precision} is for --export_format=saved_model (TFLite "
+                         "has --tflite_quant=float16|dynamic_int8).")
     if config.trt_precision:
         if config.export_format != "saved_model":
             raise ValueError("--trt_precision converts the SavedModel: use it with --export_format=saved_model.")
@@ -53,9 +57,10 @@ def _export_saved_model(model, run_config, label_names, config):
 
     _, image_size = model_input_spec(model)
     path = export_saved_model(model, config.export_dir, label_names=label_names, scale_size=run_config.scale_size,
-                              image_size=image_size or run_config.image_size, top_k=config.top_k)
-    print(f"export: SavedModel version {os.path.basename(path)} in {path} (signatures serving_default: uint8 "
-          f"frames, serving_clips: float32 clips)")
+                              image_size=image_size or run_config.image_size, top_k=config.top_k,
+                              precision=config.export_precision)
+    print(f"export: {config.export_precision} SavedModel version {os.path.basename(path)} in {path} (signatures "
+          f"serving_default: uint8 frames, serving_clips: float32 clips)")
     print(f"  check it: saved_model_cli show --dir {path} --all")
     if config.trt_precision:
         from tsm_keras.export.trt import convert_saved_model

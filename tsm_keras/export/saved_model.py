@@ -83,11 +83,27 @@ class ClipClassifier:
         return tf.cast(self.model(x, training=False), tf.float32)
 
 
-def inference_form(model, fold_batchnorm=True):
+PRECISIONS = ("float32", "bfloat16")
+
+
+def inference_form(model, fold_batchnorm=True, precision="float32"):
     """The graph to export: a TSM with BatchNorm folded into its convs (same outputs to float32
-    rounding, ~20 % less latency at batch 1), or the model as is."""
+    rounding, ~20 % less latency at batch 1), or the model as is.
+
+    `precision="bfloat16"`: the folded TSM rebuilt under the `bfloat16` policy: weights stored in
+    bfloat16 (half the bytes, no cast per call: 0.120 -> 0.100 s per R50 clip here against
+    `mixed_bfloat16`, with the same rounding of weights), bfloat16 convolutions and activations;
+    normalization, the average over time, logits and probabilities stay float32.
+    """
     from tsm_keras.models.tsm import TSM, fold_batchnorm as fold
 
+    if precision not in PRECISIONS:
+        raise ValueError(f"export precision must be one of {PRECISIONS}, got {precision!r}.")
+    if precision == "bfloat16":
+        if not isinstance(model, TSM):
+            raise ValueError(f"a bfloat16 export rebuilds the TSM under the bfloat16 policy; {type(model).__name__} "
+                             "is not a TSM (tsm_keras.build_tsm): export it in float32.")
+        return fold(model, dtype_policy="bfloat16")
     if fold_batchnorm and isinstance(model, TSM):
         return fold(model)
     return model
@@ -119,11 +135,13 @@ def _check_labels(label_names, num_classes):
     return label_names
 
 
-def build_export_archive(model, label_names=None, scale_size=256, image_size=None, top_k=5, fold_batchnorm=True):
+def build_export_archive(model, label_names=None, scale_size=256, image_size=None, top_k=5, fold_batchnorm=True,
+                         precision="float32"):
     """A `keras.export.ExportArchive` holding the model and the two serving signatures.
 
-    `fold_batchnorm`: export the inference form (`tsm_keras.models.fold_batchnorm`)."""
-    model = inference_form(model, fold_batchnorm)
+    `fold_batchnorm`: export the inference form (`tsm_keras.models.fold_batchnorm`); `precision`:
+    see `inference_form`."""
+    model = inference_form(model, fold_batchnorm, precision)
     num_segments, model_image_size = model_input_spec(model)
     image_size = int(image_size or model_image_size or 224)
     if model_image_size is not None and int(model_image_size) != image_size:
@@ -167,6 +185,7 @@ def build_export_archive(model, label_names=None, scale_size=256, image_size=Non
         "scale_size": int(scale_size),
         "num_classes": num_classes,
         "top_k": k,
+        "precision": precision,
         "label_names": label_names,
         "signatures": {
             DEFAULT_SIGNATURE: {"inputs": {"frames": f"uint8 [batch, {num_segments}, height, width, 3] RGB"},
@@ -205,13 +224,14 @@ def resolve_saved_model_dir(path):
 
 
 def export_saved_model(model, export_dir, label_names=None, scale_size=256, image_size=None, top_k=5,
-                       version=None, verbose=False, fold_batchnorm=True):
+                       version=None, verbose=False, fold_batchnorm=True, precision="float32"):
     """Write `model` as `<export_dir>/<version>/`; return that path.
 
     `version=None` takes the next integer after the highest present (1 in an empty folder). An
     explicit version that already exists is an error: versions are immutable once served.
     """
-    archive, metadata = build_export_archive(model, label_names, scale_size, image_size, top_k, fold_batchnorm)
+    archive, metadata = build_export_archive(model, label_names, scale_size, image_size, top_k, fold_batchnorm,
+                                             precision)
     os.makedirs(export_dir, exist_ok=True)
     if version is not None:
         version = int(version)

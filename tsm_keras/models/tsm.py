@@ -142,24 +142,31 @@ def with_raw_frame_input(model):
     return raw
 
 
-def fold_batchnorm(model):
+def fold_batchnorm(model, dtype_policy=None):
     """The inference form of a TSM: every Conv+BatchNorm pair merged into one Conv with bias.
 
     With BatchNorm in inference mode, `bn(conv(x)) = conv(x) * s + (beta - mean * s)` where
     `s = gamma / sqrt(moving_variance + epsilon)`: the kernel's output channels are scaled by `s`
     and the shift becomes the bias. Same outputs to float32 rounding, fewer passes over the
     activations (the export paths use it: serving never trains). Returns a new model;
-    the other layers' weights are copied by name. A model already folded is returned as is.
+    the other layers' weights are copied by name. A model already folded is returned as is,
+    unless `dtype_policy` (a Keras policy name, e.g. "bfloat16") asks for a rebuild under that policy.
     """
+    import keras
     import numpy as np
 
     from tsm_keras.models.resnet import batchnorm_name
 
     if not isinstance(model, TSM):
         raise TypeError(f"fold_batchnorm needs a TSM model (tsm_keras.build_tsm), got {type(model).__name__}.")
-    if model.fold_batchnorm:
+    if model.fold_batchnorm and dtype_policy is None:
         return model
-    folded = TSM.from_config(dict(model.get_config(), fold_batchnorm=True))
+    previous = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy(dtype_policy or previous)
+    try:
+        folded = TSM.from_config(dict(model.get_config(), fold_batchnorm=True))
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
     for layer in folded.layers:
         weights = [np.asarray(w, np.float64) for w in model.get_layer(layer.name).get_weights()]
         is_conv = isinstance(layer, layers.Conv2D) and not isinstance(layer, layers.DepthwiseConv2D)
