@@ -303,6 +303,63 @@ def load_label_names(config, model_dir=None):
     return [str(i) for i in range(config.num_classes)]
 
 
+def distributed_metrics_function(strategy, model, data, config):
+    """A function computing `compute_metrics`' dict of `model` on the "val" split, on every replica of
+    every worker: each worker reads its shard of the list, each replica counts its confusion matrix and
+    top-5 hits (mean logits over a video's views), and the sums over all replicas give the metrics of the
+    whole list (the same as one device's, which would leave the other devices and workers idle).
+
+    `config.batch_size` is the global batch. Workers with fewer batches get empty ones: tf.distribute
+    makes them all take the same steps.
+    """
+    import tensorflow as tf
+
+    num_classes = int(config.num_classes)
+    k = min(5, num_classes)
+    global_batch = int(config.batch_size)
+
+    def dataset_fn(context):
+        return data.build_dataset(config, "val", batch_size=context.get_per_replica_batch_size(global_batch),
+                                  shuffle=False, num_shards=context.num_input_pipelines,
+                                  shard_index=context.input_pipeline_id)
+
+    def replica_counts(clips, labels):
+        if clips.shape[0] == 0:
+            # The empty batch tf.distribute gives a replica with no data left is traced with a static
+            # batch of 0, which Keras' Add layer mistakes for a bias (a rank error): nothing to count.
+            return tf.zeros([num_classes, num_classes]), tf.zeros([])
+        labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
+        views = 1
+        if clips.shape.rank == 6:  # [batch, views, T, H, W, 3]: the mean logits over each video's views
+            views = int(clips.shape[1])
+            clips = tf.reshape(clips, tf.concat([[-1], tf.shape(clips)[2:]], 0))
+        logits = tf.cast(model(clips, training=False), tf.float32)
+        logits = tf.reduce_mean(tf.reshape(logits, [-1, views, num_classes]), axis=1)
+        predictions = tf.argmax(logits, -1, output_type=tf.int32)
+        # float32 sums: exact for counts below 2**24, and every collective implementation reduces them.
+        confusion = tf.math.confusion_matrix(labels, predictions, num_classes, dtype=tf.float32)
+        top5 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, k), tf.float32))
+        return confusion, top5
+
+    @tf.function
+    def step(batch):
+        clips, labels = batch
+        results = strategy.run(replica_counts, args=(clips, labels))
+        return [strategy.reduce(tf.distribute.ReduceOp.SUM, r, axis=None) for r in results]
+
+    def run():
+        confusion, top5 = np.zeros((num_classes, num_classes), np.int64), 0
+        for batch in strategy.distribute_datasets_from_function(dataset_fn):
+            batch_confusion, batch_top5 = step(batch)
+            confusion += np.rint(batch_confusion.numpy()).astype(np.int64)
+            top5 += int(round(float(batch_top5)))
+        if not confusion.any():
+            raise ValueError("the validation dataset is empty: check --val_list and --data_root.")
+        return metrics_from_counts(confusion, top5)
+
+    return run
+
+
 # ------------------------------------------------------------------------------------------ mode
 def evaluate_model(model, dataset, num_classes):
     logits, labels = predict_dataset(model, dataset)
@@ -315,22 +372,42 @@ def eval_mode(config):
     return 0
 
 
-def evaluate(config, *, dataset=None):
-    """`--mode=eval`: metrics of the trained model on the validation list; reports next to the weights."""
+def evaluate(config, *, dataset=None, data=None):
+    """`--mode=eval`: metrics of the trained model on the validation list; reports next to the weights.
+
+    With `--strategy` giving more than one replica (several GPUs, or workers through TF_CONFIG), every
+    replica evaluates its share of the list (`distributed_metrics_function`); the chief writes the
+    reports. `dataset`: evaluate these batches on one device instead. `data`: the data module
+    (default `tsm_keras.data`).
+    """
+    from tsm_keras.training.loop import default_data_module
     from tsm_keras.training.precision import set_precision
+    from tsm_keras.training.strategies import build_strategy, is_chief
 
+    # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs any op.
+    strategy = build_strategy(config.strategy) if dataset is None else None
     set_precision(config.precision)
-    model, run_config, model_dir = load_trained_model(config)
-    if dataset is None:
-        from tsm_keras.training.loop import default_data_module
-
-        dataset = default_data_module().build_dataset(run_config, "val", batch_size=run_config.batch_size,
-                                                      shuffle=False)
-    metrics = evaluate_model(model, dataset, run_config.num_classes)
+    data = data or default_data_module()
+    chief = True
+    if strategy is not None and strategy.num_replicas_in_sync > 1:
+        replicas = strategy.num_replicas_in_sync
+        with strategy.scope():
+            model, run_config, model_dir = load_trained_model(config)
+        batch = -(-int(run_config.batch_size) // replicas) * replicas  # a multiple of the replicas
+        metrics = distributed_metrics_function(strategy, model, data, run_config.replace(batch_size=batch))()
+        chief = is_chief(strategy)
+    else:
+        model, run_config, model_dir = load_trained_model(config)
+        if dataset is None:
+            dataset = data.build_dataset(run_config, "val", batch_size=run_config.batch_size, shuffle=False)
+        metrics = evaluate_model(model, dataset, run_config.num_classes)
     names = load_label_names(run_config, model_dir)
     views = run_config.test_clips * run_config.test_crops
     metrics["views"] = views
     metrics["weights"] = os.path.abspath(run_config.weights)
+    if not chief:
+        print(f"top1={metrics['top1']:.4f} top5={metrics['top5']:.4f}", flush=True)
+        return metrics
     paths = write_reports(model_dir, metrics, names)
     print(f"eval: {metrics['num_samples']} videos x {views} view(s), mean class accuracy "
           f"{metrics['mean_class_accuracy']:.4f}; reports: {paths['json']}, {paths['csv']}, {paths['png']}")

@@ -1,6 +1,6 @@
 """Run `tsm_keras.training.loop.train` on the fake data in a fresh process (tests of strategies, kill/resume).
 
-usage: python run_train.py CONFIG_JSON [--logical_cpus=N]
+usage: python run_train.py CONFIG_JSON [--logical_cpus=N] [--eval]  (--eval: `evaluate` instead of `train`)
 """
 
 import json
@@ -25,7 +25,12 @@ def main():
     from tsm_keras.config import Config
     from tsm_keras.training.loop import train
 
-    train(Config(**values), data=fake_data)
+    if "--eval" in sys.argv[2:]:
+        from tsm_keras.evaluation import evaluate
+
+        evaluate(Config(**values), data=fake_data)
+    else:
+        train(Config(**values), data=fake_data)
 
 
 if __name__ == "__main__":

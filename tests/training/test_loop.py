@@ -127,6 +127,19 @@ def test_mirrored_validation_runs_on_every_replica_and_matches_one_device(tmp_pa
     assert f"top1={single['top1']:.4f} top5={single['top5']:.4f}" in output
 
 
+def test_eval_mode_with_a_mirrored_strategy_matches_one_device(tmp_path):
+    """`--mode=eval --strategy=mirrored`: every replica evaluates its share; the metrics are one device's."""
+    # A batch of 3 does not split over 2 replicas: evaluation rounds it up to 4.
+    config = _config(tmp_path / "run", epochs=1, steps_per_epoch=2, validate=False, batch_size=3)
+    train(config, data=fake_data)
+    single = _single_device_metrics(config, 13)
+    eval_config = Config(mode="eval", weights=config.model_dir, strategy="mirrored")
+    output = _run(eval_config.replace(model_dir=str(tmp_path / "eval")), "--logical_cpus=2", "--eval",
+                  env={"FAKE_NUM_VAL": "13"})
+    assert f"top1={single['top1']:.4f} top5={single['top5']:.4f}" in output
+    assert "13 videos" in output
+
+
 def _initial_weights(config):
     import keras
 

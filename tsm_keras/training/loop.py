@@ -22,8 +22,8 @@ import time
 import numpy as np
 
 from tsm_keras.evaluation import (BEST_WEIGHTS_FILE, CONFIG_FILE, LABELS_FILE, WEIGHTS_FILE,
-                                  build_model_for, compute_metrics, metrics_from_counts, predict_dataset,
-                                  write_reports)
+                                  build_model_for, compute_metrics, distributed_metrics_function,
+                                  predict_dataset, write_reports)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -136,7 +136,7 @@ def train(config, *, data=None, stop_after_steps=None):
             return ds.skip(skip * per_pipeline).take((steps_per_epoch - skip) * per_pipeline)
         return strategy.distribute_datasets_from_function(dataset_fn)
 
-    distributed_validation = _distributed_validation(strategy, model, data, config) if replicas > 1 else None
+    distributed_validation = distributed_metrics_function(strategy, model, data, config) if replicas > 1 else None
 
     def validation_metrics():
         if distributed_validation is not None:
@@ -245,61 +245,6 @@ def train(config, *, data=None, stop_after_steps=None):
     if final:
         print(f"top1={final['top1']:.4f} top5={final['top5']:.4f}", flush=True)
     return final
-
-
-def _distributed_validation(strategy, model, data, config):
-    """Validation on every replica of every worker: each worker reads its shard of the list, each replica
-    counts its confusion matrix and top-5 hits, and the sums over all replicas give the metrics of the
-    whole list (the same as one device's, which would leave the other devices and workers idle).
-
-    Workers with fewer batches get empty ones: tf.distribute makes them all take the same steps.
-    """
-    import tensorflow as tf
-
-    num_classes = int(config.num_classes)
-    k = min(5, num_classes)
-    global_batch = int(config.batch_size)
-
-    def dataset_fn(context):
-        return data.build_dataset(config, "val", batch_size=context.get_per_replica_batch_size(global_batch),
-                                  shuffle=False, num_shards=context.num_input_pipelines,
-                                  shard_index=context.input_pipeline_id)
-
-    def replica_counts(clips, labels):
-        if clips.shape[0] == 0:
-            # The empty batch tf.distribute gives a replica with no data left is traced with a static
-            # batch of 0, which Keras' Add layer mistakes for a bias (a rank error): nothing to count.
-            return tf.zeros([num_classes, num_classes]), tf.zeros([])
-        labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
-        views = 1
-        if clips.shape.rank == 6:  # [batch, views, T, H, W, 3]: the mean logits over each video's views
-            views = int(clips.shape[1])
-            clips = tf.reshape(clips, tf.concat([[-1], tf.shape(clips)[2:]], 0))
-        logits = tf.cast(model(clips, training=False), tf.float32)
-        logits = tf.reduce_mean(tf.reshape(logits, [-1, views, num_classes]), axis=1)
-        predictions = tf.argmax(logits, -1, output_type=tf.int32)
-        # float32 sums: exact for counts below 2**24, and every collective implementation reduces them.
-        confusion = tf.math.confusion_matrix(labels, predictions, num_classes, dtype=tf.float32)
-        top5 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, k), tf.float32))
-        return confusion, top5
-
-    @tf.function
-    def step(batch):
-        clips, labels = batch
-        results = strategy.run(replica_counts, args=(clips, labels))
-        return [strategy.reduce(tf.distribute.ReduceOp.SUM, r, axis=None) for r in results]
-
-    def run():
-        confusion, top5 = np.zeros((num_classes, num_classes), np.int64), 0
-        for batch in strategy.distribute_datasets_from_function(dataset_fn):
-            batch_confusion, batch_top5 = step(batch)
-            confusion += np.rint(batch_confusion.numpy()).astype(np.int64)
-            top5 += int(round(float(batch_top5)))
-        if not confusion.any():
-            raise ValueError("the validation dataset is empty: check --val_list and --data_root.")
-        return metrics_from_counts(confusion, top5)
-
-    return run
 
 
 def _next_batch(iterator, epoch):
