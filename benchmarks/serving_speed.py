@@ -62,7 +62,8 @@ ALL_BACKENDS = ("saved_model", "saved_model_uint8", "saved_model_frozen_weights"
 # ------------------------------------------------------------------------------------------ artefacts
 def artefact_paths(cache):
     return dict(saved_model=os.path.join(cache, "saved_model"),
-                saved_model_bfloat16=os.path.join(cache, "saved_model_bfloat16"), onnx=os.path.join(cache, "tsm_r50.onnx"),
+                saved_model_bfloat16=os.path.join(cache, "saved_model_bfloat16"),
+                onnx=os.path.join(cache, "tsm_r50.onnx"),
                 tflite_float32=os.path.join(cache, "tsm_r50_float32.tflite"),
                 tflite_dynamic_int8=os.path.join(cache, "tsm_r50_dynamic_int8.tflite"))
 

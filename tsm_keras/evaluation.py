@@ -401,15 +401,12 @@ def evaluate(config, *, dataset=None, data=None):
         if dataset is None:
             dataset = data.build_dataset(run_config, "val", batch_size=run_config.batch_size, shuffle=False)
         metrics = evaluate_model(model, dataset, run_config.num_classes)
-    names = load_label_names(run_config, model_dir)
     views = run_config.test_clips * run_config.test_crops
     metrics["views"] = views
     metrics["weights"] = os.path.abspath(run_config.weights)
-    if not chief:
-        print(f"top1={metrics['top1']:.4f} top5={metrics['top5']:.4f}", flush=True)
-        return metrics
-    paths = write_reports(model_dir, metrics, names)
-    print(f"eval: {metrics['num_samples']} videos x {views} view(s), mean class accuracy "
-          f"{metrics['mean_class_accuracy']:.4f}; reports: {paths['json']}, {paths['csv']}, {paths['png']}")
+    if chief:
+        paths = write_reports(model_dir, metrics, load_label_names(run_config, model_dir))
+        print(f"eval: {metrics['num_samples']} videos x {views} view(s), mean class accuracy "
+              f"{metrics['mean_class_accuracy']:.4f}; reports: {paths['json']}, {paths['csv']}, {paths['png']}")
     print(f"top1={metrics['top1']:.4f} top5={metrics['top5']:.4f}", flush=True)
     return metrics

@@ -562,6 +562,14 @@ def build_dataset(config, split, *, batch_size=None, shuffle=None, repeat=False,
     if repeat:
         dataset = dataset.repeat()
 
+    def _from_jpegs(jpegs, label, ok, rand):
+        if training:
+            clip = _train_clip_from_jpegs(jpegs, num_segments, config.image_size, config.flip, _seed_pair(rand))
+        else:
+            frames = tf.stack([tf.io.decode_jpeg(jpegs[i], channels=3) for i in range(size)])
+            clip = _eval_clip(frames, config, num_clips, num_crops)
+        return clip, label, ok
+
     # Formats whose Python side only reads JPEG bytes: (reader, (element, rand) -> (reader inputs, label)).
     read_group = None
     if indexes is not None:
@@ -583,9 +591,7 @@ def build_dataset(config, split, *, batch_size=None, shuffle=None, repeat=False,
         dataset = dataset.map(select, num_parallel_calls=AUTOTUNE, deterministic=True)
         if shuffle:
             dataset = dataset.shuffle(TFRECORD_SHUFFLE_BUFFER, seed=seed + 1, reshuffle_each_iteration=True)
-
-        def load(jpegs, label, ok, rand):
-            return _from_jpegs(jpegs, label, ok, rand)
+        load = _from_jpegs
     elif config.data_format == "frames":
         reader = _frames_reader(config.frame_template, num_segments, training, num_clips, policy)
         read_group = (reader, lambda element, rand: ([element[0], element[1], rand], element[2]))
@@ -604,14 +610,6 @@ def build_dataset(config, split, *, batch_size=None, shuffle=None, repeat=False,
     else:
         raise ValueError(f"data_format must be frames, videos, tfrecord or synthetic, got {config.data_format!r}")
 
-    def _from_jpegs(jpegs, label, ok, rand):
-        if training:
-            clip = _train_clip_from_jpegs(jpegs, num_segments, config.image_size, config.flip, _seed_pair(rand))
-        else:
-            frames = tf.stack([tf.io.decode_jpeg(jpegs[i], channels=3) for i in range(size)])
-            clip = _eval_clip(frames, config, num_clips, num_crops)
-        return clip, label, ok
-
     numbered = policy == "skip"
     if numbered:
         # Last line of defence for data the Python checks cannot see (a corrupt JPEG body): tf.data drops
@@ -620,9 +618,7 @@ def build_dataset(config, split, *, batch_size=None, shuffle=None, repeat=False,
         if total < 0 and not repeat and config.data_format == "tfrecord":
             total = _streamed_count(files, num_shards, shard_index)
         total = total if total is not None and total >= 0 else None
-        dataset = dataset.enumerate()
-    else:
-        dataset = dataset.map(lambda *element: (tf.constant(-1, tf.int64), element))
+    dataset = dataset.enumerate()  # numbered under both policies: one element structure for the maps below
     if read_group is not None:
         reader, arguments = read_group
         dataset = _read_in_groups(dataset, reader, arguments, size)
