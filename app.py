@@ -7,7 +7,12 @@ With no arguments it runs `flags/quickstart.flags` (the embedded synthetic datas
 import os
 import sys
 
-from absl import app, flags
+# Before TensorFlow loads (importing tsm_keras loads it): hide TensorFlow's C++ INFO lines unless the
+# user chose a level; warnings and errors still show. tsm_keras turns oneDNN on at import, unless
+# TF_ENABLE_ONEDNN_OPTS is set (tsm_keras.runtime.prefer_onednn).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+from absl import app, flags  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 QUICKSTART = os.path.join(HERE, "flags", "quickstart.flags")
@@ -99,7 +104,10 @@ flags.DEFINE_integer("seed", 0, "Random seed.")
 
 # Execution.
 flags.DEFINE_enum("strategy", "auto", ["auto", "one_device", "mirrored", "multi_worker"], "tf.distribute strategy.")
-flags.DEFINE_enum("precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16"], "Precision policy.")
+flags.DEFINE_enum("precision", "auto", ["auto", "float32", "mixed_float16", "mixed_bfloat16"],
+                  "Precision policy. auto: training in mixed_bfloat16 where the hardware runs bfloat16 natively "
+                  "(CPU amx_bf16/avx512_bf16, NVIDIA compute capability >= 8.0), mixed_float16 on NVIDIA 7.x, "
+                  "else float32; evaluation, predict and export in float32.")
 flags.DEFINE_boolean("amp", False, "PaddleVideo's alias for --precision=mixed_float16.")
 flags.DEFINE_boolean("validate", False, "Evaluate after each epoch.")
 flags.DEFINE_integer("steps_per_epoch", 0, "Training steps per epoch (0 = one pass over the list).")

@@ -2,8 +2,18 @@
 
 __version__ = "0.1.0"
 
-from tsm_keras.layers import FoldTime, FrameNormalization, SegmentConsensus, TemporalShift
-from tsm_keras.models import TSM, build_tsm
+# Before TensorFlow loads: oneDNN on every x86 CPU (unless TF_ENABLE_ONEDNN_OPTS is set), and TensorFlow's
+# start-up lines filtered by TF_CPP_MIN_LOG_LEVEL (see tsm_keras.runtime).
+from tsm_keras import runtime  # noqa: E402  (imports no TensorFlow)
+
+runtime.prefer_onednn()
+with runtime.quiet_tensorflow_startup():
+    import tensorflow as _tf  # noqa: E402
+
+    _tf.config.list_physical_devices("GPU")  # the cuInit probe, inside the filter; starts no runtime
+
+from tsm_keras.layers import FoldTime, FrameNormalization, SegmentConsensus, TemporalShift  # noqa: E402
+from tsm_keras.models import TSM, build_tsm  # noqa: E402
 
 __all__ = ["FoldTime", "FrameNormalization", "SegmentConsensus", "TSM", "TemporalShift", "build_tsm",
            "load", "__version__"]

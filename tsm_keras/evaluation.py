@@ -380,13 +380,14 @@ def evaluate(config, *, dataset=None, data=None):
     reports. `dataset`: evaluate these batches on one device instead. `data`: the data module
     (default `tsm_keras.data`).
     """
+    from tsm_keras import runtime
     from tsm_keras.training.loop import default_data_module
-    from tsm_keras.training.precision import set_precision
-    from tsm_keras.training.strategies import build_strategy, is_chief
 
     # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs any op.
-    strategy = build_strategy(config.strategy) if dataset is None else None
-    set_precision(config.precision)
+    strategy = runtime.build_strategy(config.strategy) if dataset is None else None
+    precision, reason = runtime.resolve_precision(config.precision, training=False)
+    runtime.set_precision(precision)
+    print(runtime.describe(strategy, precision, reason), flush=True)
     data = data or default_data_module()
     chief = True
     if strategy is not None and strategy.num_replicas_in_sync > 1:
@@ -395,7 +396,7 @@ def evaluate(config, *, dataset=None, data=None):
             model, run_config, model_dir = load_trained_model(config)
         batch = -(-int(run_config.batch_size) // replicas) * replicas  # a multiple of the replicas
         metrics = distributed_metrics_function(strategy, model, data, run_config.replace(batch_size=batch))()
-        chief = is_chief(strategy)
+        chief = runtime.is_chief(strategy)
     else:
         model, run_config, model_dir = load_trained_model(config)
         if dataset is None:

@@ -9,6 +9,7 @@ Kept import-light: each format's module imports TensorFlow (and tf2onnx, onnxrun
 """
 
 import os
+import sys
 
 
 def load_keras_model(weights, config):
@@ -44,6 +45,14 @@ def export_from_config(config):
         from tsm_keras.export.trt import require_tensorrt
 
         require_tensorrt()  # before any work: no SavedModel-only result passed off as a TRT one
+    if config.export_precision == "bfloat16":
+        from tsm_keras import runtime
+
+        if not runtime.native_bfloat16():
+            # Serving machines differ from exporting ones, so the export still goes ahead.
+            print("warning: --export_precision=bfloat16 on a machine without native bfloat16 (no amx_bf16/"
+                  "avx512_bf16 CPU flag, no GPU of compute capability >= 8.0): served here it would be slower "
+                  "than the float32 export; serve it where bfloat16 is native.", file=sys.stderr, flush=True)
     model, run_config, label_names = load_keras_model(config.weights or config.model_dir, config)
     if config.export_format == "saved_model":
         return _export_saved_model(model, run_config, label_names, config)

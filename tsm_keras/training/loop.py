@@ -47,22 +47,24 @@ def train(config, *, data=None, stop_after_steps=None):
     import keras
     import tensorflow as tf
 
+    from tsm_keras import runtime
     from tsm_keras.training.checkpoints import CheckpointManager, save_weights_atomic
     from tsm_keras.training.optimizer import build_optimizer
-    from tsm_keras.training.precision import set_precision
     from tsm_keras.training.schedules import build_schedule
-    from tsm_keras.training.strategies import build_strategy, is_chief
 
     if data is None:
         data = default_data_module()
     # MultiWorkerMirroredStrategy must exist before TensorFlow runs any op (collectives are
     # configured at context startup), so the strategy comes first.
-    strategy = build_strategy(config.strategy)
+    strategy = runtime.build_strategy(config.strategy)
     if getattr(config, "deterministic", False):
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
-    set_precision(config.precision)
-    chief = is_chief(strategy)
+    precision, reason = runtime.resolve_precision(config.precision, training=True)
+    runtime.set_precision(precision)
+    chief = runtime.is_chief(strategy)
+    if chief:
+        _log(runtime.describe(strategy, precision, reason))
     replicas = strategy.num_replicas_in_sync
     global_batch = int(config.batch_size)
     if global_batch % replicas:
@@ -86,7 +88,9 @@ def train(config, *, data=None, stop_after_steps=None):
     with strategy.scope():
         model = build_model_for(config)
         schedule = build_schedule(config, steps_per_epoch)
-        optimizer = build_optimizer(config, model, schedule)
+        # config.json keeps the precision as asked ("auto" resumes on any machine); the optimizer needs
+        # the policy it resolved to (mixed_float16 -> dynamic loss scaling).
+        optimizer = build_optimizer(config.replace(precision=precision), model, schedule)
         optimizer.build(model.trainable_variables)
     manager = CheckpointManager(os.path.join(model_dir, "checkpoints"), model, optimizer,
                                 keep=getattr(config, "keep_checkpoints", 3))

@@ -1,0 +1,145 @@
+"""What fits the machine: the precision decision, oneDNN before TensorFlow loads, TensorFlow's start-up lines.
+
+The CPU descriptions are real: `tests/cpuinfo/` holds the flag lines of the two CPU kinds this project
+runs on (an AMD EPYC 7763, Zen 3, with AVX2 + FMA only; an Intel Xeon with AVX-512 and AMX) and of the
+Zen 4 EPYC with AVX512_BF16 but no AMX.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tsm_keras import runtime
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+
+def _cpu(name):
+    with open(os.path.join(HERE, "cpuinfo", name)) as f:
+        return runtime.parse_cpuinfo(f.read())
+
+
+def test_cpuinfo_lines_parse_to_model_and_flags():
+    zen3, intel, zen4 = (_cpu(n) for n in ("amd_epyc_7763_zen3.txt", "intel_xeon_8573c_amx.txt", "amd_epyc_zen4.txt"))
+    assert zen3["model"] == "AMD EPYC 7763 64-Core Processor"
+    assert {"avx2", "fma"} <= zen3["flags"] and not {"avx512f", "avx512_bf16", "amx_bf16"} & zen3["flags"]
+    assert intel["model"] == "INTEL(R) XEON(R) PLATINUM 8573C"
+    assert {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"} <= intel["flags"]
+    assert zen4["model"] == "AMD EPYC" and "avx512_bf16" in zen4["flags"] and "amx_bf16" not in zen4["flags"]
+
+
+@pytest.mark.parametrize("name, expected, reason", [
+    ("amd_epyc_7763_zen3.txt", "float32", "CPU has no native bfloat16: no amx_bf16/avx512_bf16"),
+    ("intel_xeon_8573c_amx.txt", "mixed_bfloat16", "CPU has native bfloat16: amx_bf16/avx512_bf16"),
+    ("amd_epyc_zen4.txt", "mixed_bfloat16", "CPU has native bfloat16: avx512_bf16"),
+])
+def test_auto_precision_on_real_cpus(name, expected, reason):
+    assert runtime.choose_precision(_cpu(name)["flags"], gpus=()) == (expected, reason)
+
+
+@pytest.mark.parametrize("gpus, expected", [
+    ([("NVIDIA A100-SXM4-40GB", (8, 0))], "mixed_bfloat16"),
+    ([("NVIDIA H100 80GB HBM3", (9, 0))], "mixed_bfloat16"),
+    ([("NVIDIA GeForce RTX 3090", (8, 6))], "mixed_bfloat16"),
+    ([("Tesla V100-SXM2-16GB", (7, 0))], "mixed_float16"),
+    ([("Tesla T4", (7, 5))], "mixed_float16"),
+    ([("Tesla P100-PCIE-16GB", (6, 0))], "float32"),
+    # Every replica runs one policy: the least capable GPU decides.
+    ([("NVIDIA A100-SXM4-40GB", (8, 0)), ("Tesla T4", (7, 5))], "mixed_float16"),
+])
+def test_auto_precision_on_gpus(gpus, expected):
+    # A GPU decides whatever the CPU has: the model runs there.
+    for cpu in ("amd_epyc_7763_zen3.txt", "intel_xeon_8573c_amx.txt"):
+        precision, reason = runtime.choose_precision(_cpu(cpu)["flags"], gpus)
+        assert precision == expected
+        assert "compute capability" in reason
+    if expected == "mixed_float16":
+        assert "loss scaling" in reason
+
+
+def test_explicit_precision_wins_and_evaluation_stays_float32():
+    for precision in runtime.PRECISIONS:
+        assert runtime.resolve_precision(precision, training=True)[0] == precision
+        assert runtime.resolve_precision(precision, training=False)[0] == precision
+    assert runtime.resolve_precision("auto", training=False)[0] == "float32"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        runtime.resolve_precision("float16")
+
+
+def test_prefer_onednn_sets_the_variable_only_when_the_user_has_not():
+    environ = {}
+    assert runtime.prefer_onednn(environ, modules={}, machine="x86_64") == "set"
+    assert environ == {"TF_ENABLE_ONEDNN_OPTS": "1"}
+    for value in ("0", "1"):
+        environ = {"TF_ENABLE_ONEDNN_OPTS": value}
+        assert runtime.prefer_onednn(environ, modules={}, machine="x86_64") == "user"
+        assert environ == {"TF_ENABLE_ONEDNN_OPTS": value}
+    environ = {}
+    assert runtime.prefer_onednn(environ, modules={"tensorflow": object()}, machine="x86_64") == "too-late"
+    assert runtime.prefer_onednn(environ, modules={}, machine="aarch64") == "not-x86"
+    assert environ == {}
+
+
+def _app_child(env_changes, *args):
+    """`app.py --mode=summary` in a fresh process; prints TF_ENABLE_ONEDNN_OPTS and TensorFlow's own state."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL")}
+    env.update(env_changes)
+    probe = ("import atexit, os, runpy, sys\n"
+             "def report():\n"
+             "    from tsm_keras import runtime\n"
+             "    print('ONEDNN', os.environ.get('TF_ENABLE_ONEDNN_OPTS'), runtime.onednn_enabled(), flush=True)\n"
+             "atexit.register(report)\n"
+             f"sys.argv = [{os.path.join(REPO, 'app.py')!r}, '--mode=summary', '--backbone=resnet18',"
+             " '--num_segments=2', '--image_size=32', '--num_classes=4', *sys.argv[1:]]\n"
+             "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    return subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=300)
+
+
+def test_app_turns_onednn_on_and_hides_tensorflow_startup_lines():
+    run = _app_child({})
+    assert run.returncode == 0, run.stderr
+    assert "ONEDNN 1 True" in run.stdout
+    # TensorFlow's INFO start-up lines, its pre-logging banner and (with no NVIDIA driver) the cuInit error.
+    for noise in ("cpu_feature_guard", "cudart_stub", "oneDNN custom operations", "absl::InitializeLog"):
+        assert noise not in run.stderr, run.stderr
+    if not os.path.exists("/proc/driver/nvidia"):
+        assert "cuInit" not in run.stderr, run.stderr
+
+
+def test_app_keeps_the_users_onednn_and_log_level():
+    run = _app_child({"TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert run.returncode == 0, run.stderr
+    assert "ONEDNN 0 False" in run.stdout
+    assert "oneDNN custom operations" not in run.stderr  # TensorFlow's own notice: oneDNN really is off
+    run = _app_child({"TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert "oneDNN custom operations are on" in run.stderr  # level 0: TensorFlow's lines all come through
+
+
+def test_startup_filter_drops_only_lines_below_the_level(capfd):
+    lines = ["WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+             "I0000 00:00:1796191656.329255    2433 port.cc:153] oneDNN custom operations are on.",
+             "I0000 00:00:1796191656.407561    2433 cpu_feature_guard.cc:227] This TensorFlow binary is optimized.",
+             "To enable the following instructions: AVX2 AVX512F FMA, in other operations, rebuild TensorFlow.",
+             "W0000 00:00:1796191743.747252    2522 dataset.cc:997] a real warning",
+             "E0000 00:00:1796191725.814250    2522 cuda_platform.cc:52] failed call to cuInit: UNKNOWN ERROR (303)",
+             "E0000 00:00:1796191725.814250    2522 some_kernel.cc:10] a real error",
+             "Traceback (most recent call last):",
+             "To enable the following instructions: a line of the user's own, not a continuation"]
+    text = "".join(line + "\n" for line in lines)
+    kept = runtime.quiet_tensorflow_startup({"TF_CPP_MIN_LOG_LEVEL": "1"}, nvidia_driver=False).filter(text)
+    assert kept.splitlines() == lines[4:5] + lines[6:]
+    # With an NVIDIA driver loaded a failed cuInit is a real error.
+    kept = runtime.quiet_tensorflow_startup({"TF_CPP_MIN_LOG_LEVEL": "1"}, nvidia_driver=True).filter(text)
+    assert lines[5] in kept.splitlines()
+    kept = runtime.quiet_tensorflow_startup({"TF_CPP_MIN_LOG_LEVEL": "2"}, nvidia_driver=True).filter(text)
+    assert lines[4] not in kept and lines[6] in kept
+
+    # Through file descriptor 2, as TensorFlow's C++ code writes.
+    with runtime.quiet_tensorflow_startup({"TF_CPP_MIN_LOG_LEVEL": "1"}, nvidia_driver=False):
+        os.write(2, text.encode())
+    err = capfd.readouterr().err
+    assert err.splitlines() == lines[4:5] + lines[6:]

@@ -1,0 +1,333 @@
+"""What fits the machine: oneDNN, precision (`auto` included), the tf.distribute strategy, the run's one line.
+
+Reading the CPU and choosing a precision need no TensorFlow, so `prefer_onednn` can run before TensorFlow
+is imported (`tsm_keras/__init__.py` calls it first thing). TensorFlow reads `TF_ENABLE_ONEDNN_OPTS`
+once, when it loads; by default it turns oneDNN on only on CPUs with AVX512_VNNI, AVX512_BF16 or AMX,
+and elsewhere runs Eigen kernels, whose conv input gradient is pathologically slow at small spatial sizes.
+
+- `--strategy` (`build_strategy`): `one_device` (the first GPU, else the CPU); `mirrored` (all local GPUs
+  or, with no GPU, the logical CPU devices; tests split the CPU in two); `multi_worker`
+  (`MultiWorkerMirroredStrategy` from `TF_CONFIG`); `auto`: `multi_worker` when `TF_CONFIG` names more than
+  one worker, `mirrored` with more than one GPU, else `one_device`.
+- `--precision` (`resolve_precision`, `set_precision`): float32, mixed_float16 (dynamic loss scaling, in
+  the optimizer), mixed_bfloat16, or `auto` (`choose_precision`: what the hardware runs natively).
+"""
+
+import json
+import logging
+import os
+import platform
+import sys
+
+log = logging.getLogger("tsm_keras")
+
+ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
+# The CPU flags that decide how fast this project runs (benchmarks report them).
+SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
+NATIVE_BFLOAT16_FLAGS = ("amx_bf16", "avx512_bf16")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+
+# How this process got its oneDNN setting (see prefer_onednn); None until it ran.
+onednn_decision = None
+
+
+# ------------------------------------------------------------------------------------------ the CPU
+def read_cpuinfo(path="/proc/cpuinfo"):
+    """`{"model": str, "flags": frozenset}` of the first processor in `path` (empty where it is missing)."""
+    model, flags = platform.processor() or platform.machine(), frozenset()
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return {"model": model, "flags": flags}
+    return parse_cpuinfo(text, default_model=model)
+
+
+def parse_cpuinfo(text, default_model=""):
+    """The model name and flag set of the first processor in `/proc/cpuinfo` text (or an `lscpu` dump)."""
+    model, flags = default_model, None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key == "model name" and model == default_model:
+            model = value.strip()
+        elif key in ("flags", "features") and flags is None:
+            flags = frozenset(value.split())
+    return {"model": model, "flags": flags or frozenset()}
+
+
+def machine_info():
+    """The fields every benchmark JSON carries: CPU, cores, speed flags, oneDNN, library versions."""
+    cpu = read_cpuinfo()
+    info = {"cpu": cpu["model"], "cores": os.cpu_count(), "arch": platform.machine(),
+            "isa": {flag: flag in cpu["flags"] for flag in SPEED_FLAGS},
+            "onednn": onednn_state(), "python": platform.python_version(), "platform": platform.platform()}
+    if "tensorflow" in sys.modules:
+        import keras
+        import tensorflow as tf
+
+        info.update(tensorflow=tf.__version__, keras=keras.__version__)
+    try:
+        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    return info
+
+
+# ------------------------------------------------------------------------------------------ oneDNN
+def prefer_onednn(environ=None, modules=None, machine=None):
+    """Turn TensorFlow's oneDNN kernels on for this process (`TF_ENABLE_ONEDNN_OPTS=1`) on x86 CPUs.
+
+    Must run before TensorFlow is imported: TensorFlow reads the variable once, at load. Returns (and
+    records in `onednn_decision`) what happened: "user" (the variable was already set: left alone),
+    "set", "not-x86" (TensorFlow's own default kept), or "too-late" (TensorFlow was imported first;
+    a warning says so once when that left oneDNN off).
+    """
+    global onednn_decision
+    environ = os.environ if environ is None else environ
+    modules = sys.modules if modules is None else modules
+    machine = (platform.machine() if machine is None else machine).lower()
+    if ONEDNN_VARIABLE in environ:
+        decision = "user"
+    elif machine not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        decision = "not-x86"
+    elif "tensorflow" in modules:
+        decision = "too-late"
+    else:
+        environ[ONEDNN_VARIABLE] = "1"
+        decision = "set"
+    if environ is os.environ:
+        onednn_decision = decision
+        if decision == "too-late" and onednn_enabled() is False:
+            log.warning("tsm_keras: TensorFlow was imported before tsm_keras with oneDNN off on this CPU, and it "
+                        "cannot be turned on now; training can be several times slower (Eigen kernels). Set %s=1 "
+                        "before importing TensorFlow, or import tsm_keras first.", ONEDNN_VARIABLE)
+    return decision
+
+
+def onednn_enabled():
+    """Whether TensorFlow in this process runs oneDNN kernels (None before TensorFlow is imported)."""
+    if "tensorflow" not in sys.modules:
+        return None
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
+def onednn_state():
+    """`"on"`/`"off"`, with how it was decided: `"on (set by tsm_keras)"`, `"off (TF_ENABLE_ONEDNN_OPTS=0)"`."""
+    enabled = onednn_enabled()
+    value = os.environ.get(ONEDNN_VARIABLE)
+    if enabled is None:
+        state = "on" if value not in (None, "0", "false", "False") else "TensorFlow's default"
+    else:
+        state = "on" if enabled else "off"
+    how = {"set": "set by tsm_keras", "user": f"{ONEDNN_VARIABLE}={value}",
+           "too-late": "TensorFlow imported before tsm_keras", "not-x86": "TensorFlow's default"}
+    return f"{state} ({how[onednn_decision]})" if onednn_decision in how else state
+
+
+# ------------------------------------------------------------------------------------------ start-up lines
+_SEVERITY = {"I": 0, "W": 1, "E": 2, "F": 3}
+_ABSL_PREINIT = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+_CONTINUATION = "To enable the following instructions:"  # second line of cpu_feature_guard's notice
+
+
+class quiet_tensorflow_startup:
+    """Make TensorFlow's start-up lines honour `TF_CPP_MIN_LOG_LEVEL` while it loads and probes devices.
+
+    TensorFlow prints its first lines (oneDNN notice, "Could not find cuda drivers", the rebuild hint)
+    before its logging is initialised, whatever `TF_CPP_MIN_LOG_LEVEL` says, and logs a failed `cuInit`
+    as an error on every machine without an NVIDIA driver. Inside this context file descriptor 2 goes
+    to a temporary file; on exit every line is written back to stderr except C++ log lines below
+    `TF_CPP_MIN_LOG_LEVEL` (and the pre-initialisation banner that announces them), and the cuInit
+    error when no NVIDIA driver is loaded (`/proc/driver/nvidia` absent). Everything else, Python
+    warnings and tracebacks included, comes out as it was written. Does nothing at level 0.
+    """
+
+    def __init__(self, environ=None, nvidia_driver=None):
+        environ = os.environ if environ is None else environ
+        try:
+            self.level = int(environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
+        except ValueError:
+            self.level = 0
+        self.nvidia_driver = os.path.exists("/proc/driver/nvidia") if nvidia_driver is None else nvidia_driver
+        self.saved = self.capture = None
+
+    def __enter__(self):
+        if self.level <= 0:
+            return self
+        import tempfile
+
+        try:
+            sys.stderr.flush()
+            self.capture = tempfile.TemporaryFile(mode="w+b")
+            self.saved = os.dup(2)
+            os.dup2(self.capture.fileno(), 2)
+        except (OSError, ValueError):  # no usable fd 2 (a daemon): leave stderr alone
+            self.saved = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved is None:
+            return False
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        self.capture.seek(0)
+        text = self.capture.read().decode("utf-8", "replace")
+        self.capture.close()
+        kept = self.filter(text)
+        if kept:
+            os.write(2, kept.encode("utf-8"))
+        return False
+
+    def filter(self, text):
+        kept, dropping = [], False
+        for line in text.splitlines(keepends=True):
+            stripped = line.rstrip("\n")
+            if stripped == _ABSL_PREINIT:
+                continue
+            if dropping and stripped.startswith(_CONTINUATION):
+                continue
+            dropping = self._drop(stripped)
+            if not dropping:
+                kept.append(line)
+        return "".join(kept)
+
+    def _drop(self, line):
+        # C++ log lines: "<severity letter><mmdd or 0000> <time> <thread> <file>:<line>] <message>"
+        if len(line) < 2 or line[0] not in _SEVERITY or not line[1].isdigit() or "] " not in line:
+            return False
+        if _SEVERITY[line[0]] < self.level:
+            return True
+        return "failed call to cuInit" in line and not self.nvidia_driver
+
+
+# ------------------------------------------------------------------------------------------ precision
+def choose_precision(cpu_flags, gpus=()):
+    """`(precision, reason)` for training on this hardware: a pure function of what was detected.
+
+    cpu_flags: the CPU's `/proc/cpuinfo` flags. gpus: `(name, (major, minor))` compute capabilities of
+    the visible NVIDIA GPUs. Every replica runs one policy, so the least capable GPU decides.
+    """
+    if gpus:
+        name, capability = min(gpus, key=lambda g: tuple(g[1]))
+        text = f"{name}, compute capability {capability[0]}.{capability[1]}"
+        if tuple(capability) >= (8, 0):
+            return "mixed_bfloat16", f"GPU has native bfloat16: {text}"
+        if tuple(capability) >= (7, 0):
+            return "mixed_float16", f"GPU has float16 tensor cores but no bfloat16: {text}; dynamic loss scaling"
+        return "float32", f"GPU has no fast reduced precision: {text}"
+    native = [flag for flag in NATIVE_BFLOAT16_FLAGS if flag in cpu_flags]
+    if native:
+        return "mixed_bfloat16", f"CPU has native bfloat16: {'/'.join(native)}"
+    return "float32", "CPU has no native bfloat16: no amx_bf16/avx512_bf16"
+
+
+def detect_gpus():
+    """`(name, (major, minor))` of each visible GPU (physical devices: the runtime is not started)."""
+    import tensorflow as tf
+
+    gpus = []
+    for device in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(device)
+        gpus.append((details.get("device_name", device.name), tuple(details.get("compute_capability", (0, 0)))))
+    return gpus
+
+
+def resolve_precision(precision, training=True):
+    """`(precision, reason)`: `precision` itself unless it is "auto".
+
+    `auto` trains in what the hardware runs natively (`choose_precision`); evaluation, prediction and
+    export stay float32 under `auto`, so that metrics match the reference implementations exactly.
+    """
+    if precision != "auto":
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS + ('auto',)}, got {precision!r} "
+                             "(--amp is the same as --precision=mixed_float16).")
+        return precision, "as asked"
+    if not training:
+        return "float32", "auto: evaluation runs float32, for metrics equal to the reference code's"
+    return choose_precision(read_cpuinfo()["flags"], detect_gpus())
+
+
+def set_precision(precision):
+    """Set Keras' global dtype policy (call before building the model); returns the policy name."""
+    import keras
+
+    precision, _ = resolve_precision(precision)
+    keras.config.set_dtype_policy(precision)
+    return precision
+
+
+def native_bfloat16():
+    """Whether this machine runs bfloat16 natively (a GPU of compute capability >= 8.0, or the CPU flags)."""
+    return choose_precision(read_cpuinfo()["flags"], detect_gpus())[0] == "mixed_bfloat16"
+
+
+# ------------------------------------------------------------------------------------------ strategy
+def _tf_config_workers():
+    try:
+        cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+    except json.JSONDecodeError as error:
+        raise ValueError(f"TF_CONFIG is not valid JSON: {error}") from None
+    return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+
+
+def build_strategy(name="auto"):
+    import tensorflow as tf
+
+    if name not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}.")
+    # Physical, not logical, devices: listing logical ones starts the runtime, after which
+    # MultiWorkerMirroredStrategy can no longer configure its collectives.
+    gpus = tf.config.list_physical_devices("GPU")
+    if name == "auto":
+        if _tf_config_workers() > 1:
+            name = "multi_worker"
+        elif len(gpus) > 1:
+            name = "mirrored"
+        else:
+            name = "one_device"
+    if name == "multi_worker":
+        if _tf_config_workers() < 1:
+            raise ValueError("--strategy=multi_worker needs TF_CONFIG, e.g. "
+                             '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                             '"task": {"type": "worker", "index": 0}}')
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "mirrored":
+        devices = ([d.name for d in tf.config.list_logical_devices("GPU")]
+                   or [d.name for d in tf.config.list_logical_devices("CPU")])
+        return tf.distribute.MirroredStrategy(devices)
+    return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
+
+
+def is_chief(strategy):
+    """True on the one worker that writes checkpoints, logs and reports."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "cluster_spec", None) or not resolver.cluster_spec().jobs:
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    return task_type == "chief" or (task_type == "worker" and task_id == 0 and
+                                    "chief" not in resolver.cluster_spec().jobs)
+
+
+# ------------------------------------------------------------------------------------------ the run's line
+def describe(strategy, precision, reason):
+    """One line for the start of a run: device(s), precision and why, oneDNN."""
+    cpu = read_cpuinfo()
+    devices = sorted({d.split("/")[-1] if "/" in d else d for d in _strategy_devices(strategy)})
+    isa = [flag for flag in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if flag in cpu["flags"]]
+    device = ", ".join(devices) or "CPU"
+    return (f"device: {device} ({cpu['model']}, {os.cpu_count()} cores{', ' + ' '.join(isa) if isa else ''})"
+            f"  precision: {precision} ({reason})  oneDNN: {onednn_state()}")
+
+
+def _strategy_devices(strategy):
+    extended = getattr(strategy, "extended", None)
+    return list(getattr(extended, "worker_devices", ()) or ())
