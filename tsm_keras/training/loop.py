@@ -138,6 +138,11 @@ def train(config, *, data=None, stop_after_steps=None):
             # A fixed number of steps per epoch keeps every worker in lockstep; resuming skips the
             # batches already trained on (the epoch's order depends only on seed + epoch).
             return ds.skip(skip * per_pipeline).take((steps_per_epoch - skip) * per_pipeline)
+        if replicas == 1 and not tf.config.list_physical_devices("GPU"):
+            # One CPU replica: the dataset itself. Distributing it adds a per-device prefetch (a
+            # generator dataset, warned about as "will not be optimized" every epoch) with nothing to
+            # copy to. GPUs keep it: it overlaps the host-to-device copy with the step.
+            return dataset_fn(tf.distribute.InputContext())
         return strategy.distribute_datasets_from_function(dataset_fn)
 
     distributed_validation = distributed_metrics_function(strategy, model, data, config) if replicas > 1 else None
@@ -159,7 +164,9 @@ def train(config, *, data=None, stop_after_steps=None):
         progress = Progress(epoch, config.epochs, steps_per_epoch, skip, global_batch)
         sums = np.zeros(4)
         epoch_start, clips_seen, steps_timed, timed_start = time.time(), 0, 0, None
-        # Exactly the epoch's steps are drawn (no end-of-sequence request at the epoch's end).
+        # Exactly the epoch's steps are drawn (no end-of-sequence request at the epoch's end). The last
+        # epoch's iterator goes first: alive, its prefetching threads made building this one stall.
+        iterator = None
         iterator = iter(epoch_dataset(epoch, skip))
         for _ in range(steps_per_epoch - skip):
             batch = _next_batch(iterator, epoch)
