@@ -19,6 +19,7 @@ Layout under `root`:
 import json
 import os
 import shutil
+import time
 
 import cv2
 import numpy as np
@@ -172,6 +173,11 @@ def ensure_synthetic_dataset(root, seed=0, reuse_existing=False, **sizes):
     tmp = f"{root}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
+    started = time.time()
+    n = len(SYNTHETIC_CLASSES)
+    print(f"synthetic dataset: generating {n} classes x ({params['train_per_class']} train + "
+          f"{params['val_per_class']} val) videos of {params['num_frames']} frames, {params['frame_size']}x"
+          f"{params['frame_size']} px (Motion-JPEG .avi and frame folders) into {root} ...", flush=True)
     _write_split(tmp, "train", params["train_per_class"], params, seed)
     _write_split(tmp, "val", params["val_per_class"], params, seed)
     with open(os.path.join(tmp, "classes.txt"), "w") as f:
@@ -186,4 +192,5 @@ def ensure_synthetic_dataset(root, seed=0, reuse_existing=False, **sizes):
     except OSError:
         # Another process finished first; its copy is identical.
         shutil.rmtree(tmp, ignore_errors=True)
+    print(f"synthetic dataset: done in {time.time() - started:.0f} s", flush=True)
     return _paths(root)
