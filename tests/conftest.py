@@ -2,6 +2,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import tsm_keras  # noqa: E402,F401  (first: oneDNN on before TensorFlow loads, as for every user; subprocesses inherit it)
 import keras  # noqa: E402
 import pytest  # noqa: E402
 
