@@ -7,7 +7,8 @@ times, each in a fresh process pinned to one CPU, the TSM training transform at 
 crops: tsm-keras `build_dataset(split="train")` (uint8 clips: normalization is in the model) and
 PaddleVideo's `tsm_k400_{frames,videos}.yaml` train pipeline (Sampler select_left, Scale 256,
 MultiScaleCrop 256, RandomCrop 224, RandomFlip, Image2Array, Normalization; VideoDecoder decord),
-its `loader/pipelines` modules loaded by file path. Prints one JSON object.
+its `loader/pipelines` modules loaded by file path. Prints one JSON object, with the machine
+(`tsm_keras.runtime.machine_info()`, read in this parent process; the children only time).
 """
 
 import argparse
@@ -82,11 +83,12 @@ def _rate(step, seconds):
 def time_tsm_keras(cache, data_format, seconds):
     """Child process: clips/s of build_dataset(train) on one core."""
     _pin_to_one_core()
+    sys.path.insert(0, ROOT)
+    import tsm_keras  # noqa: F401  (before TensorFlow: turns oneDNN on)
     import tensorflow as tf
 
     tf.config.threading.set_inter_op_parallelism_threads(1)
     tf.config.threading.set_intra_op_parallelism_threads(1)
-    sys.path.insert(0, ROOT)
     from tsm_keras.config import Config
     from tsm_keras.data import build_dataset
 
@@ -166,17 +168,6 @@ def _versions():
     return versions
 
 
-def _machine():
-    model = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return dict(platform=platform.platform(), cpu=model, cores=os.cpu_count(), load_average=load)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=6)
@@ -192,8 +183,12 @@ def main():
         print(json.dumps({"per_cpu_second": per_cpu_second, "per_wall_second": per_wall_second}))
         return
 
-    generate(args.cache, args.videos)
+    # The parent reads the machine through tsm_keras (which loads TensorFlow: never in the paddle child).
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.path.insert(0, ROOT)
+    from tsm_keras import runtime
+
+    generate(args.cache, args.videos)
     if not os.path.isfile(os.path.join(args.cache, "tfrecords", "manifest.json")):
         subprocess.run([sys.executable, os.path.join(ROOT, "app.py"), "--mode=tfrecords", "--data_format=frames",
                         f"--data_root={args.cache}", f"--train_list={os.path.join(args.cache, 'frames.txt')}",
@@ -227,7 +222,7 @@ def main():
                   rounds=args.rounds, clip=dict(
         seconds=SECONDS, fps=FPS, width=WIDTH, height=HEIGHT, num_segments=NUM_SEGMENTS, crop=IMAGE_SIZE,
         transform="train: segment sampling, MultiScaleCrop, flip"), videos=args.videos,
-        machine=_machine(), versions=_versions(), results=results)
+        machine=runtime.machine_info(), versions=_versions(), results=results)
     if errors:
         report["errors"] = errors
     print(json.dumps(report, indent=2))

@@ -14,19 +14,19 @@ copy, so `copy_over_tsn_forward` is the inference overhead no materialized shift
 
 import json
 import os
-import platform
 import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import tsm_keras  # noqa: E402  (first: turns oneDNN on before TensorFlow loads)
+from tsm_keras import runtime  # noqa: E402
+
 import numpy as np  # noqa: E402
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
-
-import tsm_keras  # noqa: E402
 
 flags.DEFINE_string("backbone", "resnet50", "Backbone.")
 flags.DEFINE_integer("batch_size", 1, "Clips per step.")
@@ -113,8 +113,7 @@ def main(argv):
             times[(name, "train_step")].append(timed(train_step, (x, y), FLAGS.steps))
     result = {
         "benchmark": "model_speed",
-        "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__},
+        "machine": runtime.machine_info(),
         "config": {"backbone": FLAGS.backbone, "batch_size": FLAGS.batch_size, "num_segments": FLAGS.num_segments,
                    "image_size": FLAGS.image_size, "precision": FLAGS.precision, "rounds": FLAGS.rounds,
                    "steps_per_round": FLAGS.steps},

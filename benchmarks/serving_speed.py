@@ -1,12 +1,14 @@
 """Serving latency, batch 1, 8x224^2 TSM-ResNet-50: our SavedModel, TFLite and ONNX Runtime paths next to
-PyTorch eager and PaddleVideo's ResNetTSM, measured in the same run.
+PyTorch eager (NCHW and channels_last), OpenVINO and PaddleVideo's ResNetTSM, measured in the same run.
 
     python benchmarks/serving_speed.py [--rounds 3] [--iters 5] [--threads 2] [--cache data_cache/serving_speed]
                                        [--backends saved_model,tflite_float32,...]
 
 Prints one JSON object: seconds per clip per backend (median over rounds of each round's median, and
 the fastest round's), process CPU seconds per clip, ratios to our best float32 path and the targets
-on both, the machine and library versions, and the load average before and after. The 2 cores may
+on both, a summary (below), how far each output is from a reference backend's on the same input,
+the machine (`tsm_keras.runtime.machine_info()`) and library versions, and the load average before
+and after. The 2 cores may
 be shared: when the load average is above the core count, the medians mostly measure the other
 jobs (OpenMP runtimes, torch and paddle, suffer most); compare the fastest round and rerun.
 
@@ -14,6 +16,15 @@ Every backend runs in its own fresh process (paddle segfaults when imported afte
 one runtime's thread pools must not slow another's), in alternating rounds so that drift in machine
 load hits all of them. Artefacts (SavedModel, .tflite, .onnx of one random-weight TSM-R50) are
 written once to --cache and reused.
+
+Summary: `best_float32_ours` (fastest of our float32 paths: the SavedModel ones, TFLite float32, ONNX
+Runtime on our export), `best_float32_peer` (fastest of PyTorch NCHW, PyTorch channels_last, ONNX
+Runtime, OpenVINO: ONNX Runtime runs our export, so it counts on both sides), `peer/ours` (their
+seconds per clip divided: above 1, ours is faster), on the median and on the fastest round; and
+what fraction of the machine's float32 rate our best path reaches, model FLOPs (2 x multiply-
+accumulates) per second over the measured 4096^2 GEMM rate (when fp32_gemm_ceiling ran) and over
+`fma_peak_gflops`: vector bits / 32 x 2 FLOP per FMA x 2 FMA units x cores used x the nominal clock
+of /proc/cpuinfo (AMD Zen 4 runs 512-bit ops as two 256-bit halves: counted as 256 bits there).
 
 Backends:
   saved_model      tf.saved_model.load(...).signatures["serving_clips"] (float32 cropped clips)
@@ -28,8 +39,12 @@ Backends:
   tflite_float32   tf.lite.Interpreter, XNNPACK, --threads
   tflite_dynamic_int8  the same with dynamic-range int8 weights (not float32: listed, not in "best")
   onnxruntime      tf2onnx graph on onnxruntime CPUExecutionProvider, intra-op --threads
-  torch_eager      pure-PyTorch TSM-R50 written below (official TSM shift: zeros + slice copies),
-                   NCHW float32, torch.inference_mode, torch.set_num_threads(--threads)
+  torch_eager      pure-PyTorch TSM-R50 of benchmarks/torch_tsm.py (official TSM shift: zeros + slice
+                   copies), NCHW float32, torch.inference_mode, torch.set_num_threads(--threads)
+  torch_channels_last  the same model and input, both `.to(memory_format=torch.channels_last)`
+  openvino         OpenVINO CPU plugin on the onnxruntime backend's ONNX file, LATENCY hint,
+                   INFERENCE_NUM_THREADS=--threads, inference precision f32 set explicitly (on CPUs
+                   with AVX512_BF16 or AMX its default is bf16)
   paddlevideo      PaddleVideo's ResNetTSM(50) from the installed ppvideo (loaded by path, relative
                    imports stubbed: tests/convert/paddle_reference.py) + avgpool/Linear head, dygraph,
                    paddle.no_grad
@@ -40,9 +55,9 @@ Backends:
 """
 
 import argparse
+import importlib.metadata
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -52,11 +67,18 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 NUM_SEGMENTS, IMAGE_SIZE, NUM_CLASSES = 8, 224, 400
 OURS_FLOAT32 = ("saved_model", "saved_model_frozen_weights", "tflite_float32", "onnxruntime")
+PEERS_FLOAT32 = ("torch_eager", "torch_channels_last", "onnxruntime", "openvino")
+# Backends that run the same weights on the same input, each group's outputs compared with its first
+# measured member's: our export (float32 cropped clips) and the PyTorch model.
+SAME_OUTPUT_GROUPS = (("saved_model", "onnxruntime", "saved_model_frozen_weights", "tflite_float32", "openvino",
+                       "saved_model_bfloat16", "tflite_dynamic_int8"), ("torch_eager", "torch_channels_last"))
+FMA_UNITS = 2  # per core, assumed (two FMA pipes: Intel server cores with AVX-512, AMD Zen 4)
 FROZEN_WEIGHTS_ENV = "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"
 CEILING = "fp32_gemm_ceiling"
 GEMM_SIZE = 4096
 ALL_BACKENDS = ("saved_model", "saved_model_uint8", "saved_model_frozen_weights", "saved_model_bfloat16",
-                "tflite_float32", "tflite_dynamic_int8", "onnxruntime", "torch_eager", "paddlevideo", CEILING)
+                "tflite_float32", "tflite_dynamic_int8", "onnxruntime", "torch_eager", "torch_channels_last",
+                "openvino", "paddlevideo", CEILING)
 
 
 # ------------------------------------------------------------------------------------------ artefacts
@@ -75,14 +97,14 @@ def prepare(cache, backends):
     paths = artefact_paths(cache)
     needed = {"saved_model": any(b.startswith("saved_model") and b != "saved_model_bfloat16" for b in backends),
               "saved_model_bfloat16": "saved_model_bfloat16" in backends,
-              "onnx": "onnxruntime" in backends,
+              "onnx": "onnxruntime" in backends or "openvino" in backends,
               "tflite_float32": "tflite_float32" in backends,
               "tflite_dynamic_int8": "tflite_dynamic_int8" in backends}
     if not any(needed[k] and not os.path.exists(paths[k]) for k in needed):
         return
-    import keras
+    import tsm_keras  # first: turns oneDNN on before TensorFlow loads
 
-    import tsm_keras
+    import keras
     from tsm_keras.export.saved_model import export_saved_model, resolve_saved_model_dir
 
     keras.utils.set_random_seed(0)
@@ -114,11 +136,13 @@ def make_runner(backend, cache, threads):
 
     rng = np.random.default_rng(0)
     paths = artefact_paths(cache)
+    if backend.startswith("saved_model") or backend.startswith("tflite") or backend == CEILING:
+        sys.path.insert(0, ROOT)
+        import tsm_keras  # noqa: F401  (before TensorFlow: turns oneDNN on)
     if backend.startswith("saved_model"):
         import tensorflow as tf
 
         tf.config.threading.set_intra_op_parallelism_threads(threads)
-        sys.path.insert(0, ROOT)
         folder = paths["saved_model_bfloat16" if backend == "saved_model_bfloat16" else "saved_model"]
         loaded = tf.saved_model.load(_latest_version(folder))
         if backend in ("saved_model", "saved_model_frozen_weights", "saved_model_bfloat16"):
@@ -146,18 +170,25 @@ def make_runner(backend, cache, threads):
         session = ort.InferenceSession(paths["onnx"], options, providers=["CPUExecutionProvider"])
         clips = rng.uniform(0, 255, (1, NUM_SEGMENTS, IMAGE_SIZE, IMAGE_SIZE, 3)).astype("float32")
         return (lambda: session.run(["probabilities"], {"clips": clips})[0]), f"onnxruntime {ort.__version__}"
-    if backend == "torch_eager":
+    if backend == "openvino":
+        return openvino_runner(paths["onnx"], threads, rng)
+    if backend in ("torch_eager", "torch_channels_last"):
         import torch
 
         torch.set_num_threads(threads)
         model = torch_tsm_resnet50(NUM_CLASSES, NUM_SEGMENTS).eval()
         clips = torch.from_numpy(rng.normal(size=(NUM_SEGMENTS, 3, IMAGE_SIZE, IMAGE_SIZE)).astype("float32"))
+        layout = "NCHW"
+        if backend == "torch_channels_last":
+            model = model.to(memory_format=torch.channels_last)
+            clips = clips.to(memory_format=torch.channels_last)
+            layout = "channels_last"
 
         def run():
             with torch.inference_mode():
                 return torch.softmax(model(clips), -1).numpy()
 
-        return run, f"torch {torch.__version__}"
+        return run, f"torch {torch.__version__} ({layout})"
     if backend == "paddlevideo":
         return paddle_runner(rng)
     if backend == CEILING:
@@ -168,6 +199,28 @@ def make_runner(backend, cache, threads):
         matmul = tf.function(tf.matmul)
         return (lambda: matmul(a, b).numpy()), f"tensorflow {tf.__version__}"
     raise ValueError(f"unknown backend {backend!r}; known: {ALL_BACKENDS}")
+
+
+def openvino_runner(onnx_path, threads, rng):
+    """OpenVINO's CPU plugin on our ONNX export, float32 inference precision set explicitly."""
+    import openvino as ov
+    import openvino.properties as props
+    import openvino.properties.hint as hints
+
+    core = ov.Core()
+    compiled = core.compile_model(onnx_path, "CPU", {props.inference_num_threads: threads,
+                                                     hints.performance_mode: hints.PerformanceMode.LATENCY,
+                                                     hints.inference_precision: ov.Type.f32})
+    precision = compiled.get_property(hints.inference_precision)
+    if precision != ov.Type.f32:
+        raise RuntimeError(f"OpenVINO compiled the model with inference precision {precision}, not f32")
+    request = compiled.create_infer_request()
+    output = compiled.output("probabilities")
+    clips = rng.uniform(0, 255, (1, NUM_SEGMENTS, IMAGE_SIZE, IMAGE_SIZE, 3)).astype("float32")
+    return (lambda: request.infer({"clips": clips})[output]), (
+        f"openvino {ov.__version__} (CPU plugin, inference precision {precision.get_type_name()}, "
+        f"{compiled.get_property(props.inference_num_threads)} threads, "
+        f"{compiled.get_property(hints.performance_mode)} hint)")
 
 
 def _latest_version(export_dir):
@@ -214,16 +267,23 @@ def torch_tsm_resnet50(num_classes, num_segments):
 
 
 def worker(backend, cache, threads, warmup, iters):
+    import numpy as np
+
     run, version = make_runner(backend, cache, threads)
     for _ in range(warmup):
         run()
     times, cpu_times = [], []
     for _ in range(iters):
         start, cpu_start = time.perf_counter(), time.process_time()
-        run()
+        output = run()
         times.append(time.perf_counter() - start)
         cpu_times.append(time.process_time() - cpu_start)
-    print(json.dumps({"backend": backend, "version": version, "times": times, "cpu_times": cpu_times}))
+    out = {"backend": backend, "version": version, "times": times, "cpu_times": cpu_times}
+    if any(backend in group for group in SAME_OUTPUT_GROUPS):
+        out["output"] = np.asarray(output, dtype="float64").ravel().tolist()
+    if "tensorflow" in sys.modules and "tsm_keras.runtime" in sys.modules:
+        out["onednn"] = sys.modules["tsm_keras.runtime"].onednn_state()
+    print(json.dumps(out))
 
 
 # ------------------------------------------------------------------------------------------- driver
@@ -240,14 +300,81 @@ def run_child(backend, args):
     return {"backend": backend, "error": (result.stderr or result.stdout)[-1500:]}
 
 
-def machine():
-    cpu = platform.processor()
+def machine(runtime):
+    """`runtime.machine_info()`, with TensorFlow/Keras versions from package metadata if TF is not loaded."""
+    info = runtime.machine_info()
+    for package in ("tensorflow", "keras"):
+        if package not in info:
+            try:
+                info[package] = importlib.metadata.version(package)
+            except importlib.metadata.PackageNotFoundError:
+                pass
+    return info
+
+
+def fma_peak(cores, path="/proc/cpuinfo"):
+    """The float32 FMA peak of `cores` cores in GFLOP/s from the ISA and the nominal clock, with its inputs."""
+    fields = {}
     try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
+        with open(path) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if not line.strip():
+                    break  # the first processor only
+                fields.setdefault(key, value.strip())
+    except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+    flags = set(fields.get("flags", "").split())
+    notes = []
+    if "avx512f" in flags:
+        width = 512
+    elif "avx2" in flags or "avx" in flags:
+        width = 256
+    else:
+        width = 128
+    if "fma" not in flags:
+        notes.append("no FMA flag: a multiply and an add unit counted as one FMA unit each")
+    try:
+        family = int(fields.get("cpu family", "-1"))
+    except ValueError:
+        family = -1
+    if width == 512 and fields.get("vendor_id") == "AuthenticAMD" and family == 25:
+        width = 256
+        notes.append("AMD family 25 with AVX-512 is Zen 4, which runs each 512-bit op as two 256-bit halves on "
+                     "its 256-bit FMA units: counted as 256 bits")
+    try:
+        mhz = float(fields["cpu MHz"])
+    except (KeyError, ValueError):
+        return {"fma_peak_gflops": None, "fma_peak_assumption": "no 'cpu MHz' in /proc/cpuinfo"}
+    flop_per_cycle = width // 32 * 2 * FMA_UNITS
+    gflops = flop_per_cycle * cores * mhz / 1000
+    assumption = (f"{width}-bit vectors / 32 bits x 2 FLOP per FMA x {FMA_UNITS} FMA units per core (assumed) = "
+                  f"{flop_per_cycle} FLOP/cycle/core, x {cores} cores used (min of --threads and cpu_count), "
+                  f"x {mhz} MHz: the nominal 'cpu MHz' reading of /proc/cpuinfo (first processor); the "
+                  f"clock under load (turbo, AVX-512 licence) differs")
+    return {"fma_peak_gflops": round(gflops, 1),
+            "fma_peak_assumption": "; ".join([assumption] + notes),
+            "fma_peak_inputs": {"vector_width_bits": width, "fma_units": FMA_UNITS,
+                                "flop_per_cycle_per_core": flop_per_cycle, "cores": cores, "cpu_mhz": mhz}}
+
+
+def output_agreement(outputs):
+    """Per group of SAME_OUTPUT_GROUPS: each backend's max |probability difference| to the group's first."""
+    import numpy as np
+
+    out = {}
+    for group in SAME_OUTPUT_GROUPS:
+        measured = [b for b in group if b in outputs]
+        if len(measured) < 2:
+            continue
+        reference = np.asarray(outputs[measured[0]])
+        for backend in measured[1:]:
+            diff = float(np.max(np.abs(np.asarray(outputs[backend]) - reference)))
+            out[backend] = {"reference": measured[0], "max_abs_diff": float(f"{diff:.3g}"),
+                            "reference_max_probability": float(f"{reference.max():.3g}"),
+                            "same_top1": bool(np.argmax(outputs[backend]) == np.argmax(reference))}
+    return out
 
 
 def model_macs(cache):
@@ -267,13 +394,15 @@ def model_macs(cache):
         return json.load(f)["macs"]
 
 
-def ceiling(gemm_seconds, cache, seconds):
+def ceiling(gemm_seconds, cache, seconds, peak_gflops=None):
     """The float32 floor latency at the fastest round's GEMM rate, and what each target asks of it."""
     gflops = 2 * GEMM_SIZE ** 3 / gemm_seconds / 1e9
     macs = model_macs(cache)
     floor = 2 * macs / (gflops * 1e9)
     out = {"gemm_gflops": round(gflops, 1), "model_gmacs": round(macs / 1e9, 2),
            "seconds_per_clip_at_gemm_rate": round(floor, 4)}
+    if peak_gflops:
+        out["gemm_as_fraction_of_fma_peak"] = round(gflops / peak_gflops, 3)
     for backend, factor in (("torch_eager", 2.0), ("paddlevideo", 3.0)):
         if backend in seconds:
             target = seconds[backend] / factor
@@ -283,6 +412,42 @@ def ceiling(gemm_seconds, cache, seconds):
     if ours:
         best = min(ours, key=ours.get)
         out["best_ours_as_fraction_of_gemm_rate"] = round(floor / seconds[best], 2)
+    return out
+
+
+def best_of(table, names):
+    measured = {b: table[b] for b in names if b in table}
+    if not measured:
+        return None
+    best = min(measured, key=measured.get)
+    return {"backend": best, "seconds_per_clip": measured[best]}
+
+
+def summary(seconds, fastest, gemm_gflops, peak, macs):
+    """Best float32 ours vs peers, and our best path's share of the GEMM rate and of the FMA peak."""
+    out = {}
+    for label, table in (("median", seconds), ("fastest_round", fastest)):
+        entry = {"best_float32_ours": best_of(table, OURS_FLOAT32),
+                 "best_float32_peer": best_of(table, PEERS_FLOAT32)}
+        ours, peer = entry["best_float32_ours"], entry["best_float32_peer"]
+        if ours and peer:
+            entry["peer/ours"] = round(peer["seconds_per_clip"] / ours["seconds_per_clip"], 3)
+        if ours and macs:
+            flops = 2 * macs / ours["seconds_per_clip"]
+            entry["best_ours_gflops"] = round(flops / 1e9, 1)
+            if gemm_gflops:
+                entry["fraction_of_gemm_rate"] = round(flops / (gemm_gflops * 1e9), 3)
+            if peak.get("fma_peak_gflops"):
+                entry["fraction_of_fma_peak"] = round(flops / (peak["fma_peak_gflops"] * 1e9), 3)
+        if label == "median":
+            out.update(entry)
+        else:
+            out[label] = entry
+    out["note"] = ("peer/ours: the best peer's seconds per clip over our best's (above 1: ours is faster); "
+                   "onnxruntime runs our export and counts on both sides. fractions: model FLOPs (2 x "
+                   "multiply-accumulates) per second of our best float32 path over the fastest round's "
+                   "4096^2 GEMM rate (fp32_ceiling) and over fma_peak_gflops")
+    out.update(peak)
     return out
 
 
@@ -299,7 +464,15 @@ def main():
     if args.worker:
         return worker(args.worker, args.cache, args.threads, args.warmup, args.iters)
 
+    # tsm_keras before anything loads TensorFlow (it turns oneDNN on; children inherit the setting).
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.path.insert(0, ROOT)
+    from tsm_keras import runtime
+
     backends = [b for b in args.backends.split(",") if b]
+    unknown = [b for b in backends if b not in ALL_BACKENDS]
+    if unknown:
+        parser.error(f"unknown backends {unknown}; known: {','.join(ALL_BACKENDS)}")
     started = time.time()
     prepare_start = time.perf_counter()
     subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {HERE!r}); import serving_speed; "
@@ -309,7 +482,7 @@ def main():
     load_before = os.getloadavg()
     per_round = {b: [] for b in backends}
     cpu_per_round = {b: [] for b in backends}
-    versions, errors = {}, {}
+    versions, errors, outputs, onednn = {}, {}, {}, {}
     for _ in range(args.rounds):
         for backend in backends:
             if backend in errors:
@@ -319,6 +492,10 @@ def main():
                 errors[backend] = out["error"]
                 continue
             versions[backend] = out["version"]
+            if "output" in out:
+                outputs[backend] = out["output"]
+            if "onednn" in out:
+                onednn[backend] = out["onednn"]
             per_round[backend].append(statistics.median(out["times"]))
             cpu_per_round[backend].append(statistics.median(out["cpu_times"]))
     load_after = os.getloadavg()
@@ -351,11 +528,17 @@ def main():
         if "paddlevideo" in table:
             targets["paddlevideo_over_best_ours_at_least_3"] = table["paddlevideo"] / table[best] >= 3.0
         result[f"{label}_targets"] = targets
+    peak = fma_peak(min(args.threads, os.cpu_count() or 1))
+    gemm_gflops = 2 * GEMM_SIZE ** 3 / min(gemm_seconds) / 1e9 if gemm_seconds else None
+    macs = model_macs(args.cache) if any(b in seconds for b in OURS_FLOAT32) else None
+    result["summary"] = summary(seconds, fastest, gemm_gflops, peak, macs)
     if gemm_seconds:
-        result["fp32_ceiling"] = ceiling(min(gemm_seconds), args.cache, seconds)
+        result["fp32_ceiling"] = ceiling(min(gemm_seconds), args.cache, seconds, peak.get("fma_peak_gflops"))
     result.update({
+        "output_agreement": output_agreement(outputs),
         "errors": errors,
-        "machine": machine(),
+        "machine": machine(runtime),
+        "onednn_in_workers": onednn,
         "load_average_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
         "versions": versions,
         "settings": {"rounds": args.rounds, "iters": args.iters, "warmup": args.warmup, "threads": args.threads,

@@ -6,7 +6,8 @@ Trains, on the embedded synthetic dataset read through `tsm_keras.data.build_dat
 per-frame conv net (4 conv blocks, 8 segments) twice: with a TemporalShift before each block (TSM)
 and without (TSN: frames averaged at the end). Reports val top-1 and the accuracy of telling each
 class from its time-reversed partner. TSN cannot beat chance (50%) on the pairs; TSM should.
-A cheap check of the dataset's design, not of the ResNet recipe (that is `--mode=train`).
+A cheap check of the dataset's design, not of the ResNet recipe (that is `--mode=train`). The JSON
+names the machine (`tsm_keras.runtime.machine_info()`).
 """
 
 import argparse
@@ -49,6 +50,8 @@ def main():
     parser.add_argument("--root", default="")
     parser.add_argument("--models", default="tsm,tsn", help="comma-separated subset of tsm,tsn")
     args = parser.parse_args()
+    from tsm_keras import runtime  # first: turns oneDNN on before TensorFlow loads
+
     import keras
     import tensorflow as tf
 
@@ -83,7 +86,8 @@ def main():
         results[name] = dict(val_top1=round(top1, 3), pair_accuracy=round(pair, 3),
                              train_seconds=round(time.perf_counter() - start, 1))
     print(json.dumps(dict(benchmark="synthetic_learnability", epochs=args.epochs, image_size=args.image_size,
-                          num_val=int(len(labels)), tensorflow=tf.__version__, results=results), indent=2))
+                          num_val=int(len(labels)), tensorflow=tf.__version__, machine=runtime.machine_info(),
+                          results=results), indent=2))
 
 
 if __name__ == "__main__":

@@ -12,13 +12,13 @@ and recipe step (forward, cross-entropy, backward, global-norm clip 20, momentum
   paddle 3.x) + the TSMHead computation, paddle.optimizer.Momentum, dygraph float32.
 Each framework runs in its own subprocess (paddle after TensorFlow in one process segfaults), in
 rounds `tf32, tf_bf16, torch, paddle` repeated `--repeats` times so load drift hits all of them.
-Prints one JSON object: machine, versions, load average, every measurement, medians and ratios.
+Prints one JSON object: machine (`tsm_keras.runtime.machine_info()`, read in the parent, which runs no
+framework itself), versions, load average, every measurement, medians and ratios.
 """
 
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -33,6 +33,8 @@ REPO = os.path.dirname(HERE)
 def run_keras(args, precision):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.path.insert(0, REPO)
+    import tsm_keras  # noqa: F401  (before TensorFlow: turns oneDNN on)
+
     import numpy as np
     import tensorflow as tf
 
@@ -193,6 +195,12 @@ def main():
                        torch_float32=lambda: run_torch(args), paddlevideo_float32=lambda: run_paddle(args))
         print(json.dumps(runners[args.child]()))
         return
+    # tsm_keras (it loads TensorFlow, after turning oneDNN on) only here in the parent: the torch and
+    # paddle children must not load TensorFlow (paddle after TensorFlow segfaults).
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.path.insert(0, REPO)
+    from tsm_keras import runtime
+
     names = args.only.split(",")
     runs = {name: [] for name in names}
     load_before = os.getloadavg()
@@ -210,8 +218,7 @@ def main():
     print(json.dumps(dict(
         benchmark="train_speed", model="ResNet-50 TSM, 8 segments", batch_size=args.batch_size,
         image_size=args.image_size, steps=args.steps, warmup=args.warmup, repeats=args.repeats,
-        machine=dict(platform=platform.platform(), processor=platform.processor(), cpu_count=os.cpu_count(),
-                     load_average_before=load_before, load_average_after=os.getloadavg()),
+        machine=dict(runtime.machine_info(), load_average_before=load_before, load_average_after=os.getloadavg()),
         versions=_versions(), clips_per_sec_median={k: round(v, 3) for k, v in medians.items()},
         ratios=ratios, runs=runs), indent=2))
 
