@@ -55,6 +55,28 @@ def test_predict_dataset_flattens_and_averages_views():
     np.testing.assert_array_equal(got_labels, labels)
 
 
+def test_many_views_go_through_the_model_in_bounded_chunks():
+    calls = []
+
+    class _Counting(_Sum):
+        def __call__(self, clips, training=False):
+            def record(n):
+                calls.append(int(n))
+                return n
+
+            n = tf.numpy_function(record, [tf.shape(clips)[0]], tf.int32)  # the batch each run really sees
+            return super().__call__(clips, training) + 0.0 * tf.cast(n, tf.float32)
+
+    clips = np.random.default_rng(1).integers(0, 255, (3, 10, 2, 4, 4, 3)).astype(np.uint8)  # 3 videos x 10 views
+    ds = tf.data.Dataset.from_tensor_slices((clips, np.arange(3, dtype=np.int32))).batch(3)
+    model = _Counting()
+    logits, _ = predict_dataset(model, ds, max_clips=8)
+    x = clips.astype(np.float64)
+    expected = np.stack([x[..., 0].sum((2, 3, 4)), x[..., 1].sum((2, 3, 4))], -1).mean(1)
+    np.testing.assert_allclose(logits, expected, rtol=1e-5)
+    assert calls == [8, 8, 8, 6]  # 30 clips, at most 8 per forward
+
+
 def test_reports(tmp_path):
     import cv2
 

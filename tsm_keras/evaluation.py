@@ -95,9 +95,15 @@ def _inference_function(model):
     return forward
 
 
-def predict_dataset(model, dataset, progress=None):
+# Clips per forward pass at evaluation. A batch of videos x views in one call grows with the views:
+# K400's 10 clips x 3 crops at batch 128 would be 3,840 clips of 8 x 224^2 frames in one forward.
+MAX_CLIPS_PER_FORWARD = 32
+
+
+def predict_dataset(model, dataset, progress=None, max_clips=MAX_CLIPS_PER_FORWARD):
     """Run `model` over `(clips, labels)` batches; clips `[b, T, H, W, 3]` or `[b, views, T, H, W, 3]`.
 
+    The clips of a batch (videos x views) go through the model `max_clips` at a time.
     Returns float32 logits `[n, classes]` (mean over views) and int labels `[n]`.
     """
     import tensorflow as tf
@@ -109,7 +115,9 @@ def predict_dataset(model, dataset, progress=None):
         if len(clips.shape) == 6:
             views = int(clips.shape[1])
             clips = tf.reshape(clips, (-1,) + tuple(clips.shape[2:]))
-        logits = forward(clips).numpy().astype(np.float32)
+        count = int(clips.shape[0])
+        logits = np.concatenate([forward(clips[start:start + max_clips]).numpy().astype(np.float32)
+                                 for start in range(0, count, max_clips)]) if count else np.zeros((0, 0), np.float32)
         all_logits.append(average_views(logits, views))
         all_labels.append(np.asarray(labels).reshape(-1))
         if progress is not None:
