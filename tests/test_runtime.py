@@ -143,3 +143,19 @@ def test_startup_filter_drops_only_lines_below_the_level(capfd):
         os.write(2, text.encode())
     err = capfd.readouterr().err
     assert err.splitlines() == lines[4:5] + lines[6:]
+
+
+def test_importing_tensorflow_first_with_onednn_off_warns_once():
+    # TensorFlow loads with oneDNN off (as it does by default on CPUs without AVX512_VNNI/BF16/AMX), then
+    # the variable is gone by the time tsm_keras is imported: it cannot turn oneDNN on any more.
+    probe = ("import os\n"
+             "import tensorflow\n"
+             "del os.environ['TF_ENABLE_ONEDNN_OPTS']\n"
+             "import tsm_keras\n"
+             "from tsm_keras import runtime\n"
+             "print('DECISION', runtime.onednn_decision, runtime.onednn_enabled(), flush=True)\n")
+    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="0", TF_CPP_MIN_LOG_LEVEL="2")
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "DECISION too-late False" in run.stdout
+    assert run.stderr.count("TensorFlow was imported before tsm_keras with oneDNN off") == 1
