@@ -321,7 +321,7 @@ def is_chief(strategy):
 def describe(strategy, precision, reason):
     """One line for the start of a run: device(s), precision and why, oneDNN."""
     cpu = read_cpuinfo()
-    devices = sorted({d.split("/")[-1] if "/" in d else d for d in _strategy_devices(strategy)})
+    devices = sorted({d.rsplit("device:", 1)[-1] for d in _strategy_devices(strategy)})  # "CPU:0", "GPU:1"
     isa = [flag for flag in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if flag in cpu["flags"]]
     device = ", ".join(devices) or "CPU"
     return (f"device: {device} ({cpu['model']}, {os.cpu_count()} cores{', ' + ' '.join(isa) if isa else ''})"

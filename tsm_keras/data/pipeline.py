@@ -638,6 +638,11 @@ def build_dataset(config, split, *, batch_size=None, shuffle=None, repeat=False,
                                 deterministic=True)
     options = tf.data.Options()
     options.deterministic = True
+    # No autotuning: AUTOTUNE parallelism stays at min(16, cores). With it, destroying an iterator
+    # (every epoch of training, every validation) waited for the tuner, which a busy CPU starves: 6-9 s
+    # per epoch boundary after ~12 epochs of the quickstart, none without; the pipeline alone was no
+    # slower (benchmarks/input_speed.py measures it).
+    options.autotune.enabled = False
     return dataset.with_options(options).prefetch(AUTOTUNE)
 
 

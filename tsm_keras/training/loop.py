@@ -165,7 +165,7 @@ def train(config, *, data=None, stop_after_steps=None):
         sums = np.zeros(4)
         epoch_start, clips_seen, steps_timed, timed_start = time.time(), 0, 0, None
         # Exactly the epoch's steps are drawn (no end-of-sequence request at the epoch's end). The last
-        # epoch's iterator goes first: alive, its prefetching threads made building this one stall.
+        # epoch's iterator is released before the next one is built, not while it runs.
         iterator = None
         iterator = iter(epoch_dataset(epoch, skip))
         for _ in range(steps_per_epoch - skip):
