@@ -44,3 +44,13 @@ def test_ucf101_recipes(name):
 def test_quickstart():
     c = _parse(f"--flagfile={REPO}/flags/quickstart.flags")
     assert (c.data_format, c.backbone, c.flip, c.validate, c.mode) == ("synthetic", "resnet18", False, True, "train")
+    # The precision fits the machine; an explicit flag wins over the flagfile's auto.
+    assert c.precision == "auto"
+    assert _parse(f"--flagfile={REPO}/flags/quickstart.flags", "--precision=float32").precision == "float32"
+    assert _parse(f"--flagfile={REPO}/flags/quickstart.flags", "--amp").precision == "mixed_float16"
+    # No ResNet stage at 1x1: the input is more than 32 px (the backbone's total stride).
+    assert c.image_size > 32
+
+
+def test_precision_flag_defaults_to_auto():
+    assert _parse("--mode=train").precision == "auto"
