@@ -1,6 +1,6 @@
 """tsm-keras command line: `python app.py --mode=... [--flagfile=flags/<recipe>.flags] [--flag=value ...]`.
 
-Parses flags into a `tsm_keras.config.Config` and calls the one library function of the mode.
+Parses flags into a `tsm_keras.config.Config` and runs `tsm_keras.modes.MODES[mode](config)`.
 With no arguments it runs `flags/quickstart.flags` (the embedded synthetic dataset).
 """
 
@@ -14,21 +14,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 from absl import app, flags  # noqa: E402
 
+from tsm_keras.config import config_from_flags  # noqa: E402  (importing tsm_keras loads TensorFlow)
+from tsm_keras.modes import MODES  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 QUICKSTART = os.path.join(HERE, "flags", "quickstart.flags")
-
-# Mode -> "module:function"; each function takes a Config. Imported lazily so that a mode's
-# dependencies load only when it runs.
-MODES = {
-    "summary": "tsm_keras.models.summary:print_summary",
-    "train": "tsm_keras.training.loop:train_mode",
-    "eval": "tsm_keras.evaluation:eval_mode",
-    "convert": "tsm_keras.convert:convert_from_config",
-    "export": "tsm_keras.export:export_from_config",
-    "predict": "tsm_keras.predict:predict",
-    "tfrecords": "tsm_keras.data.tfrecords:convert_from_config",
-    "prepare": "tsm_keras.data.prepare:prepare_from_config",
-}
 
 F = flags.FLAGS
 flags.DEFINE_enum("mode", "summary", sorted(MODES), "What to do.")
@@ -116,24 +106,9 @@ flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept (plus the best by 
 flags.DEFINE_boolean("deterministic", False, "Deterministic ops (bit-identical reruns and resumes; slower).")
 
 
-def _lists(config):
-    """absl list flags arrive as strings; the config wants numbers."""
-    return config.replace(lr_boundaries=[int(b) for b in config.lr_boundaries],
-                          lr_values=[float(v) for v in config.lr_values])
-
-
 def main(argv):
     del argv
-    from tsm_keras.config import config_from_flags
-
-    config = _lists(config_from_flags(F))
-    if F.amp:
-        config = config.replace(precision="mixed_float16")
-    if F["lr_values"].present and not F["lr"].present:
-        config = config.replace(lr=config.lr_values[0])  # --lr rescales --lr_values only when given
-    module_name, function_name = MODES[config.mode].split(":")
-    module = __import__(module_name, fromlist=[function_name])
-    return getattr(module, function_name)(config)
+    return MODES[F.mode](config_from_flags(F))
 
 
 if __name__ == "__main__":

@@ -13,3 +13,34 @@ def _float32_policy():
     keras.mixed_precision.set_dtype_policy("float32")
     yield
     keras.mixed_precision.set_dtype_policy("float32")
+
+
+@pytest.fixture(scope="session")
+def tiny_tsm():
+    """One small TSM for the whole test run (ResNet-18, T=2, 32 px, 3 classes, raw 0-255 input), with
+    non-trivial BatchNorm statistics. Built under float32; tests must not train or change it."""
+    import numpy as np
+
+    keras.mixed_precision.set_dtype_policy("float32")
+    model = tsm_keras.build_tsm(3, num_segments=2, backbone="resnet18", image_size=32, normalize_input=True)
+    rng = np.random.default_rng(0)
+    weights = []
+    for variable in model.weights:
+        value = variable.numpy()
+        if "moving_variance" in variable.path:
+            value = rng.uniform(0.5, 2.0, value.shape)
+        elif "moving_mean" in variable.path or "beta" in variable.path:
+            value = rng.normal(0.0, 0.1, value.shape)
+        elif "fc" in variable.path and "kernel" in variable.path:
+            value = rng.normal(0.0, 0.1, value.shape)  # logits of a usable size, not ~0.001
+        weights.append(value.astype(np.float32))
+    model.set_weights(weights)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_clips():
+    """uint8-valued float32 clips `[2, 2, 32, 32, 3]` for `tiny_tsm`."""
+    import numpy as np
+
+    return np.random.default_rng(1).integers(0, 256, (2, 2, 32, 32, 3)).astype(np.float32)

@@ -102,13 +102,13 @@ def test_load_trained_model_feeds_a_converted_keras_file_raw_frames(tmp_path):
 
     import tsm_keras
     from tsm_keras.config import Config
-    from tsm_keras.evaluation import load_trained_model
+    from tsm_keras.loading import load_trained
     from tsm_keras.layers import IMAGENET_MEAN, IMAGENET_STD
 
     converted = tsm_keras.build_tsm(3, num_segments=2, backbone="resnet18", convention="paddle")
     path = str(tmp_path / "converted.keras")
     converted.save(path)
-    model, _, _ = load_trained_model(Config(weights=path, num_classes=3, num_segments=2, backbone="resnet18"))
+    model, _, _ = load_trained(Config(weights=path, num_classes=3, num_segments=2, backbone="resnet18"))
     assert model.normalize_input and model.convention == "paddle"
     frames = np.random.default_rng(0).integers(0, 256, size=(1, 2, 32, 32, 3)).astype(np.uint8)
     normalized = (frames.astype(np.float32) - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)

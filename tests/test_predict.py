@@ -23,9 +23,10 @@ def trained_run(tmp_path_factory):
     import keras
 
     from tsm_keras.config import Config
-    from tsm_keras.data.pipeline import load_video_clips
+    from tsm_keras.data import load_video_clips
     from tsm_keras.data.synthetic import ensure_synthetic_dataset
-    from tsm_keras.evaluation import CONFIG_FILE, LABELS_FILE, WEIGHTS_FILE, build_model_for
+    from tsm_keras.models import build_tsm
+    from tsm_keras.runs import CONFIG_FILE, LABELS_FILE, WEIGHTS_FILE
 
     base = tmp_path_factory.mktemp("predict")
     data = ensure_synthetic_dataset(str(base / "synthetic"), seed=0, train_per_class=1, val_per_class=1,
@@ -39,7 +40,7 @@ def trained_run(tmp_path_factory):
                             for row in frame_rows])
     labels = np.array([int(row[-1]) for row in frame_rows])
     keras.utils.set_random_seed(0)
-    model = build_model_for(config)
+    model = build_tsm(**config.model_kwargs(normalize_input=True))
     model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(clips, labels, batch_size=len(labels), epochs=20, verbose=0)
     # The run folder as the training loop writes it.
@@ -54,11 +55,11 @@ def trained_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(trained_run):
-    from tsm_keras.export import export_from_config
+    from tsm_keras.modes import run_export
 
     config = trained_run["config"].replace(mode="export", weights=trained_run["config"].model_dir,
                                            export_dir=str(trained_run["base"] / "saved_models" / "tsm"), top_k=3)
-    assert export_from_config(config) == 0
+    assert run_export(config) == 0
     return config.export_dir
 
 
@@ -85,7 +86,7 @@ def read_all_rgb(path):
 
 
 def test_predict_mode_prints_the_right_top1_and_goes_on_after_bad_videos(trained_run, tmp_path, capsys):
-    from tsm_keras.predict import predict
+    from tsm_keras.modes import run_predict
 
     broken = tmp_path / "not_a_video.avi"
     broken.write_text("this is not a video\n")
@@ -103,7 +104,7 @@ def test_predict_mode_prints_the_right_top1_and_goes_on_after_bad_videos(trained
     config = trained_run["config"].replace(mode="predict", weights=trained_run["config"].model_dir,
                                            input=str(list_file), output=str(output), top_k=5)
 
-    assert predict(config) == 1  # unreadable videos: reported, the others classified
+    assert run_predict(config) == 1  # unreadable videos: reported, the others classified
     captured = capsys.readouterr()
     records = [json.loads(line) for line in output.read_text().splitlines()]
     assert len(records) == 11
@@ -163,9 +164,10 @@ def test_keras_file_and_export_formats_from_a_run(trained_run, tmp_path):
     import keras
 
     import tsm_keras
-    from tsm_keras.export import export_from_config, load_keras_model
+    from tsm_keras.loading import load_trained
+    from tsm_keras.modes import run_export
 
-    model, _, labels = load_keras_model(trained_run["config"].model_dir, trained_run["config"])
+    model, _, labels = load_trained(trained_run["config"], trained_run["config"].model_dir)
     model.save(tmp_path / "tsm.keras")
     path, name = trained_run["videos"][6]
     from_file = tsm_keras.load(str(tmp_path / "tsm.keras"), config=trained_run["config"]).predict_video(path)
@@ -173,17 +175,17 @@ def test_keras_file_and_export_formats_from_a_run(trained_run, tmp_path):
     config = trained_run["config"].replace(mode="export", weights=trained_run["config"].model_dir,
                                            export_dir=str(tmp_path / "exports"), export_format="tflite",
                                            tflite_quant="float16")
-    assert export_from_config(config) == 0
+    assert run_export(config) == 0
     assert os.listdir(tmp_path / "exports") == [f"{model.name}_float16.tflite"]
     with pytest.raises(FileExistsError, match="never overwritten"):
-        export_from_config(config)
+        run_export(config)
     assert isinstance(keras.models.load_model(tmp_path / "tsm.keras", compile=False), tsm_keras.TSM)
     with pytest.raises(ValueError, match="export_precision=bfloat16 is for --export_format=saved_model"):
-        export_from_config(config.replace(export_precision="bfloat16"))
+        run_export(config.replace(export_precision="bfloat16"))
     # A bfloat16 SavedModel of the trained run still names the video's class.
     bf16 = config.replace(export_format="saved_model", export_precision="bfloat16",
                           export_dir=str(tmp_path / "bf16"))
-    assert export_from_config(bf16) == 0
+    assert run_export(bf16) == 0
     assert tsm_keras.load(bf16.export_dir).predict_video(path)["predictions"][0]["label"] == name
 
 
@@ -202,7 +204,7 @@ def test_bad_arrays_give_clear_errors(trained_run):
 
 
 def test_list_inputs_reads_folders_and_lists(tmp_path):
-    from tsm_keras.predict import list_inputs
+    from tsm_keras.data import list_inputs
 
     (tmp_path / "videos").mkdir()
     for name in ("b.avi", "a.mp4", "notes.txt", ".hidden.avi"):

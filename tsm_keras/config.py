@@ -9,6 +9,10 @@ import json
 import os
 from typing import List, Optional
 
+# The fields that describe the trained network (what `build_tsm` takes from a Config): a run's saved
+# config.json decides them at eval/export/predict, and a resume must not change them.
+MODEL_FIELDS = ("backbone", "num_classes", "num_segments", "shift", "shift_div", "shift_place", "dropout")
+
 
 @dataclasses.dataclass
 class Config:
@@ -115,16 +119,34 @@ class Config:
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
 
+    def model_kwargs(self, **overrides):
+        """`build_tsm(**config.model_kwargs())`: the network fields, `image_size`, and `overrides`."""
+        kwargs = {name: getattr(self, name) for name in MODEL_FIELDS}
+        kwargs["image_size"] = self.image_size
+        kwargs.update(overrides)
+        return kwargs
+
 
 def config_from_flags(flag_values, defaults: Optional[Config] = None):
-    """Build a Config from absl flag values: every flag that names a Config field sets it."""
+    """Build a Config from absl flag values: every flag that names a Config field sets it.
+
+    List flags arrive as strings and become the field's element type; `--amp` (PaddleVideo's name) is
+    `--precision=mixed_float16`; `--lr_values` without `--lr` makes its first value the base lr.
+    """
     config = defaults or Config()
-    known = {f.name for f in dataclasses.fields(Config)}
+    fields = {f.name: f for f in dataclasses.fields(Config)}
     changes = {}
     for name in flag_values:
-        if name in known:
+        if name in fields:
             value = flag_values[name].value
             if isinstance(getattr(config, name), list) and value is not None:
                 value = list(value)
             changes[name] = value
-    return config.replace(**changes)
+    config = config.replace(**changes)
+    config = config.replace(lr_boundaries=[int(b) for b in config.lr_boundaries],
+                            lr_values=[float(v) for v in config.lr_values])
+    if "amp" in flag_values and flag_values["amp"].value:
+        config = config.replace(precision="mixed_float16")
+    if "lr_values" in flag_values and flag_values["lr_values"].present and not flag_values["lr"].present:
+        config = config.replace(lr=config.lr_values[0])  # --lr rescales --lr_values only when given
+    return config

@@ -65,7 +65,7 @@ class TemporalShift(keras.layers.Layer):
 
     Implementation: one 3x1 depthwise convolution over `[N, T, H*W, C]` whose taps are 0/1, so
     values are copied exactly; it reads and writes the activation once (slice+pad+concat takes
-    several passes: 2x slower here) and exports to ONNX/TFLite as a standard op. The gradient is
+    several passes) and exports to ONNX/TFLite as a standard op. The gradient is
     the reverse shift (the kernel flipped in time), given as a custom gradient so no scatter or
     filter gradient is ever computed.
     """
@@ -224,8 +224,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     Keras 3 normalizes with separate ops (cast to float32, two-pass moments, multiply, add, cast
     back) and differentiates through all of them; `FusedBatchNormV3` does the forward and the
     backward in one kernel each and reads bfloat16/float16 activations directly (statistics stay
-    float32). On the R50 TSM training step at batch 8 this measured 1.4x (float32) and 3x
-    (mixed_bfloat16) the clips/s of the Keras layer. Same variables, same semantics: the moving
+    float32); the README's benchmarks give what it saves. Same variables, same semantics: the moving
     variance is updated with the *biased* batch variance, as Keras and Paddle do (the fused op
     returns the unbiased one, which is rescaled). Other backends, masks, renorm or a channel axis
     other than the last of a 4-D input fall back to the Keras implementation.

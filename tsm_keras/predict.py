@@ -15,9 +15,6 @@ import sys
 
 import numpy as np
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp",
-                    ".ts")
-LIST_EXTENSIONS = (".txt", ".list", ".lst", ".csv")
 # Views per forward pass: bounds memory with 10 clips x 3 crops of ResNet-50.
 VIEW_CHUNK = 8
 
@@ -98,7 +95,8 @@ class VideoClassifier:
         return [self._result(row, top_k) for row in logits]
 
     def _load_views(self, path):
-        load_video_clips = _data_loader()
+        from tsm_keras.data import load_video_clips
+
         return load_video_clips(path, self.num_segments, num_clips=self.num_clips, crops=self.num_crops,
                                 scale_size=self.scale_size, image_size=self.image_size,
                                 frame_template=self.frame_template)
@@ -120,7 +118,8 @@ class KerasVideoClassifier(VideoClassifier):
     def __init__(self, model, **kwargs):
         import tensorflow as tf
 
-        from tsm_keras.export.saved_model import ClipClassifier, inference_form, resize_and_center_crop
+        from tsm_keras.data.augment import resize_and_center_crop
+        from tsm_keras.models.inference import ClipClassifier, inference_form
 
         super().__init__(**kwargs)
         self.model = model
@@ -144,7 +143,7 @@ class SavedModelVideoClassifier(VideoClassifier):
     def __init__(self, saved_model_dir, **kwargs):
         import tensorflow as tf
 
-        from tsm_keras.export.saved_model import CLIPS_SIGNATURE, DEFAULT_SIGNATURE
+        from tsm_keras.saved_models import CLIPS_SIGNATURE, DEFAULT_SIGNATURE
 
         self.loaded = tf.saved_model.load(saved_model_dir)
         missing = [s for s in (DEFAULT_SIGNATURE, CLIPS_SIGNATURE) if s not in self.loaded.signatures]
@@ -177,28 +176,7 @@ def _check_frames(frames, rank, what):
     return array
 
 
-def _data_loader():
-    try:
-        from tsm_keras.data import load_video_clips
-    except ImportError:
-        from tsm_keras.data.pipeline import load_video_clips
-    return load_video_clips
-
-
 # ------------------------------------------------------------------------------------------ loading
-def is_saved_model(path):
-    """A SavedModel folder, or a versioned export folder with one below it."""
-    from tsm_keras.export.saved_model import resolve_saved_model_dir
-
-    if not path or not os.path.isdir(path):
-        return False
-    try:
-        resolve_saved_model_dir(path)
-        return True
-    except FileNotFoundError:
-        return False
-
-
 def load(path, config=None, num_clips=None, num_crops=None, top_k=None):
     """A `VideoClassifier` from a SavedModel export (or its versioned folder), a training run folder
     (`config.json` + weights), a `.keras`/`.weights.h5` file, or any checkpoint the converters read
@@ -217,11 +195,11 @@ def load(path, config=None, num_clips=None, num_crops=None, top_k=None):
         raise ValueError("nothing to load: pass a SavedModel folder (--saved_model) or trained weights (--weights).")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such SavedModel, run folder or weights file.")
-    if is_saved_model(path):
-        from tsm_keras.export.saved_model import read_export_metadata, resolve_saved_model_dir
+    from tsm_keras import saved_models
 
-        saved_model_dir = resolve_saved_model_dir(path)
-        metadata = read_export_metadata(saved_model_dir)
+    if saved_models.is_saved_model(path):
+        saved_model_dir = saved_models.resolve_saved_model_dir(path)
+        metadata = saved_models.read_export_metadata(saved_model_dir)
         if metadata is None:
             raise ValueError(f"{saved_model_dir}: no assets.extra/tsm_export.json; predict reads SavedModels written "
                              f"by `python app.py --mode=export` (for others call their signatures directly).")
@@ -229,9 +207,9 @@ def load(path, config=None, num_clips=None, num_crops=None, top_k=None):
             saved_model_dir, num_segments=metadata["num_segments"], image_size=metadata["image_size"],
             scale_size=metadata["scale_size"], label_names=metadata["label_names"], num_clips=num_clips,
             num_crops=num_crops, top_k=top_k, frame_template=config.frame_template, source=saved_model_dir)
-    from tsm_keras.export import load_keras_model
+    from tsm_keras.loading import load_trained
 
-    model, run_config, label_names = load_keras_model(path, config)
+    model, run_config, label_names = load_trained(config, path)
     model_config = model.get_config()
     image_size = model_config.get("image_size") or run_config.image_size
     if isinstance(image_size, (list, tuple)):
@@ -242,55 +220,15 @@ def load(path, config=None, num_clips=None, num_crops=None, top_k=None):
         top_k=top_k, frame_template=run_config.frame_template, source=path)
 
 
-# ------------------------------------------------------------------------------------------- inputs
-def list_inputs(spec, data_root="", frame_template="img_{:05d}.jpg"):
-    """Videos named by `--input`: a video file, a frame folder, a folder of videos/frame folders, or a
-    list file (one path per line; PaddleVideo's `path [num_frames] label` lines work, the numbers are
-    dropped; relative paths are joined to `data_root`)."""
-    from tsm_keras.data.decode import count_frame_files
-
-    if not spec:
-        raise ValueError("--input is empty: pass a video file, a folder of videos, or a list file.")
-    if os.path.isdir(spec):
-        if count_frame_files(spec, frame_template) > 0:
-            return [spec]
-        found = []
-        for name in sorted(os.listdir(spec)):
-            path = os.path.join(spec, name)
-            if name.startswith("."):
-                continue
-            if os.path.isdir(path) and count_frame_files(path, frame_template) > 0:
-                found.append(path)
-            elif os.path.isfile(path) and name.lower().endswith(VIDEO_EXTENSIONS):
-                found.append(path)
-        if not found:
-            raise ValueError(f"{spec}: no video files ({', '.join(VIDEO_EXTENSIONS)}) or frame folders "
-                             f"({frame_template.format(1)}, ...) in it.")
-        return found
-    if os.path.isfile(spec) and spec.lower().endswith(LIST_EXTENSIONS):
-        paths = []
-        with open(spec) as f:
-            for line in f:
-                fields = line.strip().split()
-                while len(fields) > 1 and fields[-1].lstrip("-").isdigit():
-                    fields.pop()
-                if not fields:
-                    continue
-                path = " ".join(fields)
-                paths.append(os.path.join(data_root, path) if data_root and not os.path.isabs(path) else path)
-        if not paths:
-            raise ValueError(f"{spec}: the list file names no video.")
-        return paths
-    return [spec]
-
-
 # --------------------------------------------------------------------------------------------- mode
-def predict(config):
+def predict_videos(config):
     """`--mode=predict`: top-k labels per video to stdout, and `--output` JSON lines.
 
-    Returns 0 when every video was classified, 1 when some could not be (they are reported and
-    skipped; the others are still classified).
+    Returns `{"videos": n, "failed": m}`: the videos that cannot be read are reported and skipped,
+    the others still classified.
     """
+    from tsm_keras.data import list_inputs
+
     source = config.saved_model or config.weights or config.model_dir
     top_k = int(config.top_k)
     classifier = load(source, config=config, top_k=top_k)
@@ -323,7 +261,7 @@ def predict(config):
     print(f"predict: {done}/{len(paths)} videos classified with {classifier.source}"
           + (f", {failures} unreadable (see errors above)" if failures else "")
           + (f"; JSON lines in {output}" if output else ""), flush=True)
-    return 1 if failures else 0
+    return {"videos": len(paths), "failed": failures}
 
 
 def format_result(result):
@@ -331,3 +269,8 @@ def format_result(result):
     for rank, prediction in enumerate(result["predictions"], 1):
         lines.append(f"  {rank}. {prediction['probability']:.4f}  {prediction['label']}")
     return "\n".join(lines)
+
+
+def predict(config):
+    """Deprecated (kept for one release): `tsm_keras.modes.run_predict(config)`, the exit code."""
+    return 1 if predict_videos(config)["failed"] else 0

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tsm_keras.config import Config
-from tsm_keras.convert import (ConversionError, convert_from_config, detect_format, init_from_pretrained,
+from tsm_keras.convert import (ConversionError, convert_checkpoint, detect_format, init_from_pretrained,
                                load_model_from_source, load_weights_into, source_build_kwargs)
 from tsm_keras.models import build_tsm
 
@@ -53,7 +53,7 @@ def source(tmp_path_factory):
 
 def test_convert_mode_writes_a_loadable_keras_model(source, tmp_path):
     output = str(tmp_path / "out" / "tsm.keras")
-    convert_from_config(Config(mode="convert", source=source["path"], output=output, num_classes=5, num_segments=T))
+    convert_checkpoint(Config(mode="convert", source=source["path"], output=output, num_classes=5, num_segments=T))
     loaded = keras.saving.load_model(output)
     assert (loaded.convention, loaded.image_size, loaded.normalize_input) == ("paddle", None, False)
     np.testing.assert_allclose(np.asarray(loaded(source["clip"], training=False)), source["want"], rtol=1e-5, atol=1e-4)
@@ -68,7 +68,7 @@ def test_convert_mode_writes_a_loadable_keras_model(source, tmp_path):
 
 def test_convert_mode_weights_only(source, tmp_path):
     output = str(tmp_path / "tsm.weights.h5")
-    convert_from_config(Config(mode="convert", source=source["path"], output=output, num_classes=5, num_segments=T))
+    convert_checkpoint(Config(mode="convert", source=source["path"], output=output, num_classes=5, num_segments=T))
     assert detect_format(output) == "keras-weights"
     model = load_model_from_source(output)  # the architecture file beside it says convention="paddle", T
     assert (model.convention, model.num_segments, model.num_classes) == ("paddle", T, 5)
@@ -84,13 +84,13 @@ def test_convert_mode_weights_only(source, tmp_path):
 
 def test_convert_mode_errors(source, tmp_path):
     with pytest.raises(ConversionError, match="--source"):
-        convert_from_config(Config(mode="convert", output=str(tmp_path / "x.keras")))
+        convert_checkpoint(Config(mode="convert", output=str(tmp_path / "x.keras")))
     with pytest.raises(ConversionError, match=".keras .*or .weights.h5"):
-        convert_from_config(Config(mode="convert", source=source["path"], output=str(tmp_path / "x.h5")))
+        convert_checkpoint(Config(mode="convert", source=source["path"], output=str(tmp_path / "x.h5")))
     with pytest.raises(ConversionError, match="5 classes.*--num_classes"):
-        convert_from_config(Config(mode="convert", source=source["path"], output=str(tmp_path / "x.keras")))
+        convert_checkpoint(Config(mode="convert", source=source["path"], output=str(tmp_path / "x.keras")))
     with pytest.raises(ConversionError, match="--backbone=resnet50"):
-        convert_from_config(Config(mode="convert", source=source["path"], output=str(tmp_path / "x.keras"),
+        convert_checkpoint(Config(mode="convert", source=source["path"], output=str(tmp_path / "x.keras"),
                                    num_classes=5, backbone="resnet101"))
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from tsm_keras.config import Config
 from tsm_keras.data import lists
-from tsm_keras.data.pipeline import load_label_names
+from tsm_keras.data.lists import load_label_names
 
 
 def _write(tmp_path, name, text):

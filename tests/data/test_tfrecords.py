@@ -11,16 +11,16 @@ import tensorflow as tf
 from conftest import write_frames
 from tsm_keras.config import Config
 from tsm_keras.data import BAD_SAMPLES, build_dataset
-from tsm_keras.data.pipeline import TFRECORD_CONTEXT, TFRECORD_SEQUENCE
-from tsm_keras.data.tfrecords import ShardFormatError, convert, has_valid_index, index_path, index_shard, \
-    sequence_example
+from tsm_keras.data.tfrecord_format import CONTEXT_FEATURES, SEQUENCE_FEATURES, ShardFormatError, has_valid_index, \
+    index_path
+from tsm_keras.data.tfrecord_writer import index_shard, sequence_example, write_tfrecords
 
 
 def _read_all(folder, split):
     files = sorted(tf.io.gfile.glob(os.path.join(folder, f"{split}-*.tfrecord")))
     examples = []
     for serialized in tf.data.TFRecordDataset(files):
-        context, sequence = tf.io.parse_single_sequence_example(serialized, TFRECORD_CONTEXT, TFRECORD_SEQUENCE)
+        context, sequence = tf.io.parse_single_sequence_example(serialized, CONTEXT_FEATURES, SEQUENCE_FEATURES)
         examples.append((context["path"].numpy().decode(), int(context["label"]), int(context["num_frames"]),
                          [f for f in sequence["frames"].numpy()]))
     return sorted(examples)
@@ -36,7 +36,7 @@ def _config(media, **changes):
 
 def test_frames_round_trip_byte_for_byte(media):
     (media / "frames.txt").write_text("frames/a 24 1\nframes/b 24 2\n")
-    manifest = convert(_config(media))
+    manifest = write_tfrecords(_config(media))
     examples = _read_all(str(media / "records"), "train")
     assert [(os.path.basename(p), label, n) for p, label, n, _ in examples] == [("a", 1, 24), ("b", 2, 24)]
     for path, _, _, frames in examples:
@@ -53,7 +53,7 @@ def test_frames_round_trip_byte_for_byte(media):
 def test_pipeline_reads_the_same_clips_from_tfrecords_as_from_frames(media):
     (media / "frames.txt").write_text("frames/a 24 1\nframes/b 24 2\n")
     config = _config(media, val_list=str(media / "frames.txt"), train_list="")
-    convert(config)
+    write_tfrecords(config)
     from_frames = sorted((int(y), x.tobytes()) for xb, yb in build_dataset(config, "val")
                          for x, y in zip(xb.numpy(), yb.numpy()))
     from_records = sorted((int(y), x.tobytes()) for xb, yb in build_dataset(config.replace(data_format="tfrecord"), "val")
@@ -66,7 +66,7 @@ def test_pipeline_reads_the_same_clips_from_tfrecords_as_from_frames(media):
 def test_videos_with_short_side_and_a_bad_video(media):
     (media / "videos" / "broken.mp4").write_bytes(b"junk" * 100)
     (media / "videos.txt").write_text("videos/a.avi 0\nvideos/broken.mp4 1\nvideos/b.mp4 2\n")
-    manifest = convert(_config(media, data_format="videos", train_list=str(media / "videos.txt"),
+    manifest = write_tfrecords(_config(media, data_format="videos", train_list=str(media / "videos.txt"),
                                            short_side=24, tfrecord_videos_per_shard=2))
     assert manifest["train"]["skipped"] == 1 and manifest["train"]["videos"] == 2
     examples = _read_all(str(media / "records"), "train")
@@ -78,17 +78,17 @@ def test_videos_with_short_side_and_a_bad_video(media):
 def test_rerun_skips_finished_shards_and_detects_missing_ones(media):
     (media / "frames.txt").write_text("frames/a 24 1\nframes/b 24 2\n")
     config = _config(media)
-    convert(config)
+    write_tfrecords(config)
     shard = os.path.join(media / "records", "train-00000-of-00002.tfrecord")
     os.utime(shard, (1, 1))
-    convert(config)
+    write_tfrecords(config)
     assert os.path.getmtime(shard) == 1
     with open(media / "records" / "manifest.json") as f:
         assert json.load(f)["train"]["shards"] == ["train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
     os.remove(shard)
     with pytest.raises(FileNotFoundError, match="1 of 2 train shards"):
         build_dataset(config.replace(data_format="tfrecord"), "train")
-    convert(config)
+    write_tfrecords(config)
     assert os.path.getmtime(shard) > 1
 
 
@@ -141,7 +141,7 @@ def _clips(dataset):
 
 def test_index_points_at_every_frames_jpeg_bytes(media):
     config = _three_videos(media)
-    convert(config)
+    write_tfrecords(config)
     shards = _shards(media)
     assert len(shards) == 2
     for shard in shards:
@@ -155,7 +155,7 @@ def test_index_points_at_every_frames_jpeg_bytes(media):
         blob = open(shard, "rb").read()
         stored = []
         for serialized in tf.data.TFRecordDataset(shard):
-            context, sequence = tf.io.parse_single_sequence_example(serialized, TFRECORD_CONTEXT, TFRECORD_SEQUENCE)
+            context, sequence = tf.io.parse_single_sequence_example(serialized, CONTEXT_FEATURES, SEQUENCE_FEATURES)
             stored.append((int(context["label"]), context["path"].numpy().decode(), list(sequence["frames"].numpy())))
         assert [[n, label] for _, n, label in index["videos"]] == [[len(f), label] for label, _, f in stored]
         assert index["paths"] == [path for _, path, _ in stored]
@@ -168,7 +168,7 @@ def test_index_points_at_every_frames_jpeg_bytes(media):
 
 def test_indexed_pipeline_reads_what_streaming_reads(media):
     config = _three_videos(media)
-    convert(config)
+    write_tfrecords(config)
     records = config.replace(data_format="tfrecord")
     indexed_val = _clips(build_dataset(records, "val"))
     indexed_train = _clips(build_dataset(records, "train", batch_size=1))
@@ -186,7 +186,7 @@ def test_indexed_pipeline_reads_what_streaming_reads(media):
 
 def test_indexed_pipeline_shards_by_video_and_repeats(media):
     config = _three_videos(media)
-    convert(config)
+    write_tfrecords(config)
     records = config.replace(data_format="tfrecord")
     seen = [sorted(y for y, _ in _clips(build_dataset(records, "val", batch_size=1, num_shards=3, shard_index=i)))
             for i in range(3)]
@@ -198,13 +198,13 @@ def test_indexed_pipeline_shards_by_video_and_repeats(media):
 
 def test_old_shards_stream_and_a_rerun_indexes_them(media):
     config = _three_videos(media)
-    convert(config)
+    write_tfrecords(config)
     for shard in _shards(media) + _shards(media, "train"):
         _drop_index(shard)
         os.utime(shard, (1, 1))
         assert not has_valid_index(shard)
     assert sorted(y for y, _ in _clips(build_dataset(config.replace(data_format="tfrecord"), "val"))) == [0, 1, 2]
-    manifest = convert(config)
+    manifest = write_tfrecords(config)
     assert manifest["val"]["videos"] == 3
     for shard in _shards(media) + _shards(media, "train"):
         assert has_valid_index(shard) and os.path.getmtime(shard) == 1  # indexed, not written again
@@ -212,7 +212,7 @@ def test_old_shards_stream_and_a_rerun_indexes_them(media):
 
 def test_stale_index_names_the_shard_and_a_rerun_fixes_it(media):
     config = _three_videos(media)
-    convert(config)
+    write_tfrecords(config)
     shard = _shards(media)[1]  # one video: write it twice, as another conversion might have
     serialized = [r.numpy() for r in tf.data.TFRecordDataset(shard)]
     with tf.io.TFRecordWriter(shard) as writer:
@@ -224,13 +224,13 @@ def test_stale_index_names_the_shard_and_a_rerun_fixes_it(media):
     _drop_index(_shards(media)[0])  # still an error when another shard has no index (not a silent stream)
     with pytest.raises(ValueError, match=rf"{os.path.basename(shard)}.*stale.*--mode=tfrecords"):
         build_dataset(records, "val")
-    convert(config)
+    write_tfrecords(config)
     assert sorted(y for y, _ in _clips(build_dataset(records, "val"))) == [0, 1, 2, 2]
 
 
 def test_truncated_shard_names_the_file_and_record(media):
     config = _three_videos(media)
-    convert(config)
+    write_tfrecords(config)
     shard = _shards(media)[0]
     blob = open(shard, "rb").read()
     cut = str(media / "cut.tfrecord")
@@ -271,7 +271,7 @@ def test_a_corrupt_jpeg_body_is_counted_on_both_tfrecord_paths(media):
     config = _three_videos(media)
     frame = media / "frames" / "b" / "img_00004.jpg"  # frame 3: a segment centre of 24 frames
     frame.write_bytes(b"\xff\xd8" + bytes(range(7, 250)) * 8 + b"\xff\xd9")
-    convert(config)
+    write_tfrecords(config)
     records = config.replace(data_format="tfrecord")
     before = BAD_SAMPLES.total
     assert sorted(y for y, _ in _clips(build_dataset(records, "val"))) == [0, 1]

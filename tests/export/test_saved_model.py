@@ -270,7 +270,7 @@ def test_bfloat16_export_runs_bfloat16_convs_and_keeps_the_predictions(tiny_tsm,
 def test_bfloat16_export_needs_a_tsm(tmp_path):
     import keras
 
-    from tsm_keras.export.saved_model import inference_form
+    from tsm_keras.models.inference import inference_form
 
     other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     with pytest.raises(ValueError, match="not a TSM"):

@@ -28,7 +28,7 @@ def test_export_mode_stops_before_loading_or_writing(precision, tmp_path):
     import tensorflow as tf
 
     from tsm_keras.config import Config
-    from tsm_keras.export import export_from_config
+    from tsm_keras.export import export_model
     from tsm_keras.export.trt import TensorRTUnavailableError
 
     if tf.sysconfig.get_build_info().get("is_tensorrt_build", False):
@@ -37,7 +37,7 @@ def test_export_mode_stops_before_loading_or_writing(precision, tmp_path):
     config = Config(mode="export", weights=str(tmp_path / "no-such-weights.keras"), export_dir=str(export_dir),
                     trt_precision=precision)
     with pytest.raises(TensorRTUnavailableError, match="not possible"):
-        export_from_config(config)
+        export_model(config)
     assert not os.path.exists(export_dir)
 
 

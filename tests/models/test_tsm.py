@@ -193,7 +193,7 @@ def test_build_rejects_bad_arguments(kwargs, message):
 
 
 def test_with_raw_frame_input_moves_normalization_inside():
-    from tsm_keras.models.tsm import with_raw_frame_input
+    from tsm_keras.models.inference import with_raw_frame_input
 
     for convention in ("imagenet", "caffe"):
         plain = tsm_keras.build_tsm(4, num_segments=2, backbone="resnet18", input_convention=convention)

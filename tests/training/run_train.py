@@ -23,14 +23,12 @@ def main():
             cpu, [tf.config.LogicalDeviceConfiguration()] * int(logical[0].split("=")[1]))
     import fake_data
     from tsm_keras.config import Config
-    from tsm_keras.training.loop import train
+    from tsm_keras.modes import run_eval, run_train
 
     if "--eval" in sys.argv[2:]:
-        from tsm_keras.evaluation import evaluate
-
-        evaluate(Config(**values), data=fake_data)
+        run_eval(Config(**values), data=fake_data)
     else:
-        train(Config(**values), data=fake_data)
+        run_train(Config(**values), data=fake_data)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,7 @@ from tsm_keras.training.schedules import scaled_lr_values  # noqa: E402
 def _parse(*argv):
     app.F.unparse_flags()
     app.F(["app.py", *argv])
-    config = app._lists(config_from_flags(app.F))
-    return config.replace(precision="mixed_float16") if app.F.amp else config
+    return config_from_flags(app.F)
 
 
 @pytest.mark.parametrize("name", ["tsm_k400_frames", "tsm_k400_videos", "tsm_k400_frames_nhwc"])

@@ -18,7 +18,9 @@ import pytest
 
 import fake_data
 from tsm_keras.config import Config
-from tsm_keras.evaluation import build_model_for, evaluate
+from tsm_keras.evaluation import evaluate
+from tsm_keras.models import build_tsm
+from tsm_keras.modes import run_eval, run_train
 from tsm_keras.training.loop import NonFiniteLossError, train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -51,17 +53,18 @@ def _run(config, *extra, env=None, wait=True):
 
 
 def _weights(config, path=None):
-    model = build_model_for(config)
+    model = build_tsm(**config.model_kwargs(normalize_input=True))
     model.load_weights(path or os.path.join(config.model_dir, "model.weights.h5"))
     return model.get_weights()
 
 
 def test_train_then_eval_reproduces_top1_and_writes_artefacts(tmp_path, capsys):
     config = _config(tmp_path / "run", checkpoint_every=3)
-    metrics = train(config, data=fake_data)
+    assert run_train(config, data=fake_data) == 0
     out = capsys.readouterr().out
-    assert f"top1={metrics['top1']:.4f} top5={metrics['top5']:.4f}" in out.splitlines()[-1]
     run = tmp_path / "run"
+    metrics = json.loads((run / "eval_metrics.json").read_text())  # the final weights' report
+    assert out.splitlines()[-1] == f"top1={metrics['top1']:.4f} top5={metrics['top5']:.4f}"
     for name in ("config.json", "labels.txt", "model.weights.h5", "best.weights.h5", "metrics.jsonl",
                  "eval_metrics.json", "per_class_accuracy.csv", "confusion_matrix.png"):
         assert (run / name).exists(), name
@@ -70,10 +73,11 @@ def test_train_then_eval_reproduces_top1_and_writes_artefacts(tmp_path, capsys):
     assert sorted(os.listdir(run / "checkpoints"))[-1] == "ckpt-000000008"
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(run / "tensorboard"))
     # Eval needs only the run folder: the model comes from config.json, the names from labels.txt.
-    eval_metrics = evaluate(Config(mode="eval", weights=str(run)),
-                            dataset=fake_data.build_dataset(config, "val", batch_size=4, shuffle=False))
+    assert run_eval(Config(mode="eval", weights=str(run)),
+                    dataset=fake_data.build_dataset(config, "val", batch_size=4, shuffle=False)) == 0
+    eval_metrics = json.loads((run / "eval_metrics.json").read_text())
     assert eval_metrics["top1"] == metrics["top1"] and eval_metrics["top5"] == metrics["top5"]
-    assert f"top1={metrics['top1']:.4f}" in capsys.readouterr().out
+    assert capsys.readouterr().out.splitlines()[-1] == f"top1={metrics['top1']:.4f} top5={metrics['top5']:.4f}"
 
 
 def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
@@ -94,7 +98,7 @@ def test_mirrored_over_two_logical_cpus_matches_one_device(tmp_path):
     output = _run(mirrored, "--logical_cpus=2", env=env)
     assert "top1=" in output
     initial = _initial_weights(single)
-    names = [v.path for v in build_model_for(single).weights]
+    names = [v.path for v in build_tsm(**single.model_kwargs(normalize_input=True)).weights]
     moved = 0
     for name, w0, wa, wb in zip(names, initial, _weights(single), _weights(mirrored)):
         step_a, step_b = wa - w0, wb - w0
@@ -144,7 +148,7 @@ def _initial_weights(config):
     import keras
 
     keras.utils.set_random_seed(config.seed)
-    return build_model_for(config).get_weights()
+    return build_tsm(**config.model_kwargs(normalize_input=True)).get_weights()
 
 
 def _free_port():
@@ -172,7 +176,7 @@ def test_two_process_multi_worker_completes_and_workers_agree(tmp_path):
     assert finals[0] == f"top1={single['top1']:.4f} top5={single['top5']:.4f}"
     chief = _weights(config)
     other = _weights(config, os.path.join(config.model_dir, "workers", "worker-1.weights.h5"))
-    names = [v.path for v in build_model_for(config).weights]
+    names = [v.path for v in build_tsm(**config.model_kwargs(normalize_input=True)).weights]
     for name, a, b in zip(names, chief, other):
         if "moving" in name:
             continue  # BatchNorm running statistics are per worker (each sees its own shard); the chief's are saved
@@ -217,7 +221,7 @@ def test_mixed_precision_steps_run_and_lower_the_loss(precision):
     set_precision(precision)
     # 2 segments: float16 convolutions are emulated on CPU, slowly.
     config = _config("unused", precision=precision, lr=0.01, lr_values=[0.01], num_segments=2)
-    model = build_model_for(config)
+    model = build_tsm(**config.model_kwargs(normalize_input=True))
     assert model.get_layer("res2a_branch2a").compute_dtype == precision.split("_")[1]
     optimizer = build_optimizer(config, model, 0.01)
     optimizer.build(model.trainable_variables)

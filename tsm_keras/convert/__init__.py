@@ -14,73 +14,14 @@ have the model take raw 0-255 RGB frames and normalize them itself.
 
 import json
 import os
-import zipfile
 
 from tsm_keras.convert.converted import (BEHAVIOURAL_KEYS, STRUCTURAL_KEYS, ConversionError, ConvertedWeights,
                                          assign_converted, check_build, converted_from_model)
+from tsm_keras.convert.detect import FORMATS, detect_format
 
-__all__ = ["ConversionError", "ConvertedWeights", "FORMATS", "build_model_from_source", "convert_from_config",
+__all__ = ["ConversionError", "ConvertedWeights", "FORMATS", "build_model_from_source", "convert_checkpoint", "convert_from_config",
            "detect_format", "init_from_pretrained", "load_model_from_source", "load_weights_into",
            "read_checkpoint", "source_build_kwargs"]
-
-FORMATS = {
-    "keras": ".keras model from this project (architecture + weights)",
-    "keras-weights": ".weights.h5 saved from this project's model (with the .architecture.json --mode=convert "
-                     "writes beside it, or the same architecture arguments)",
-    "paddle": "PaddleVideo .pdparams (structured or parameter names)",
-    "pytorch": "official TSM PyTorch .pth / .pth.tar (needs torch)",
-    "keras-applications": "keras.applications ResNet50/101 .h5",
-}
-_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-# torch.save's legacy (non-zip) files start by pickling this magic number (protocol 2, a long).
-_TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
-
-
-def detect_format(path):
-    """One of FORMATS' keys, from the file's content (and its extension for pickles)."""
-    if not os.path.exists(path):
-        raise ConversionError(f"{path}: no such file.")
-    if os.path.isdir(path):
-        raise ConversionError(f"{path} is a folder; pass a weights file ({', '.join(FORMATS.values())}).")
-    with open(path, "rb") as f:
-        head = f.read(16)
-    lower = path.lower()
-    if head.startswith(_HDF5_MAGIC):
-        return _detect_hdf5(path)
-    if head.startswith(b"PK\x03\x04"):
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-        if "config.json" in names and "model.weights.h5" in names:
-            return "keras"
-        if any(name.endswith("data.pkl") for name in names):
-            return "pytorch"
-        raise ConversionError(f"{path}: a zip archive that is neither a .keras model nor a torch.save file.")
-    if head.startswith(_TORCH_LEGACY_MAGIC) or (head[:1] == b"\x80" and lower.endswith((".pth", ".pth.tar", ".pt"))):
-        return "pytorch"
-    if head[:1] == b"\x80":
-        return "paddle"
-    raise ConversionError(f"{path}: unknown weights format (not HDF5, zip or pickle). Accepted: "
-                          + "; ".join(FORMATS.values()) + ".")
-
-
-def _detect_hdf5(path):
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        group = f["model_weights"] if "model_weights" in f else f
-        if "layer_names" in group.attrs:
-            names = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs["layer_names"]]
-            if "conv1_conv" in names:
-                return "keras-applications"
-            raise ConversionError(f"{path}: a legacy Keras HDF5 file whose layers ({', '.join(names[:5])} ...) "
-                                  "are not a keras.applications ResNet.")
-        if "layers" in f:
-            convs = [n for n in f["layers"] if n.startswith("conv2d")]
-            if convs and "vars/1" in f["layers"][convs[0]]:  # convs with bias: keras.applications
-                return "keras-applications"
-            return "keras-weights"
-    raise ConversionError(f"{path}: an HDF5 file that holds no Keras weights.")
-
 
 def read_checkpoint(path, fmt=None):
     """Any source except `keras-weights` -> ConvertedWeights (arrays in Keras layout, our layer names)."""
@@ -213,7 +154,7 @@ def load_model_from_source(path, num_classes=None, num_segments=None, skip_misma
     return build_model_from_source(path, num_classes, num_segments, skip_mismatched_head, **build_kwargs)
 
 
-def convert_from_config(config):
+def convert_checkpoint(config):
     """`--mode=convert --source=FILE --output=OUT.keras|OUT.weights.h5`: convert and save; prints what it did.
 
     The model is built from the config's architecture flags (--num_classes, --num_segments, --backbone,
@@ -264,7 +205,10 @@ def convert_from_config(config):
           + (" (raw 0-255 RGB: the model normalizes)" if model.normalize_input else "") + ".")
     if config.output.endswith(".keras"):
         print(f"load: import tsm_keras, keras; keras.saving.load_model({config.output!r})")
-    # Nothing returned: absl's app.run would turn a return value into the exit status.
+    return config.output
+
+
+convert_from_config = convert_checkpoint  # deprecated name (kept for one release)
 
 
 def _merge_build(converted, build_kwargs):
@@ -281,7 +225,7 @@ def _merge_build(converted, build_kwargs):
 def _load_keras(path):
     import keras
 
-    import tsm_keras  # noqa: F401 - registers the layers and TSM for deserialization
+    # The layers and TSM are registered for deserialization: importing this package ran tsm_keras first.
 
     try:
         return keras.saving.load_model(path)

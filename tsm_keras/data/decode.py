@@ -13,64 +13,9 @@ import time
 import cv2
 import numpy as np
 
+from tsm_keras.data.bad_samples import BAD_SAMPLES, BadSampleCounter, BadSampleError  # noqa: F401 (re-exported)
+
 log = logging.getLogger(__name__)
-
-
-class BadSampleError(ValueError):
-    """A video or frame that cannot be read: `path` and `reason` say which and why."""
-
-    def __init__(self, path, reason):
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
-
-
-class BadSampleCounter:
-    """Counts samples skipped under `--on_bad_sample=skip`; logs each bad path once. Thread-safe.
-
-    The pipeline records into the module-level `BAD_SAMPLES`; the training loop reads
-    `BAD_SAMPLES.take()` at the end of an epoch (count since the last take) or `.total`.
-    """
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.total = 0
-        self._since_take = 0
-        self.paths = set()
-
-    def record(self, error):
-        with self._lock:
-            self.total += 1
-            self._since_take += 1
-            first = error.path not in self.paths
-            self.paths.add(error.path)
-        if first:
-            log.warning("skipping bad sample %s", error)
-
-    def record_unknown(self, count, reason):
-        """`count` samples dropped without a path to name (e.g. by tf.data's ignore_errors)."""
-        count = int(count)
-        if count <= 0:
-            return
-        with self._lock:
-            self.total += count
-            self._since_take += count
-        log.warning("skipping %d bad sample%s (%s)", count, "" if count == 1 else "s", reason)
-
-    def take(self):
-        """Samples skipped since the previous `take()` (and reset that count)."""
-        with self._lock:
-            count, self._since_take = self._since_take, 0
-            return count
-
-    def reset(self):
-        with self._lock:
-            self.total = 0
-            self._since_take = 0
-            self.paths = set()
-
-
-BAD_SAMPLES = BadSampleCounter()
 
 
 def frame_path(frame_dir, template, index):
@@ -79,7 +24,7 @@ def frame_path(frame_dir, template, index):
 
 
 def _read_file(path):
-    """The whole file: os.open/fstat/read, ~7x cheaper per small file than a buffered open() here."""
+    """The whole file: os.open/fstat/read, cheaper per small file than a buffered open()."""
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
@@ -228,18 +173,23 @@ def decode_video(path, plan):
     raise BadSampleError(path, "frame count keeps changing while decoding")
 
 
-def read_video_all(path, short_side=0):
-    """Every frame of a video as RGB uint8 [N, H, W, 3] (optionally short side resized); for preparation."""
+def iter_frames(path, short_side=0):
+    """Every frame of a video in order, BGR uint8 `[H, W, 3]` as OpenCV decodes it (short side resized
+    to `short_side` unless 0). The capture is released when the loop ends or is left."""
     capture = _open(path)
-    frames = []
     try:
         while True:
             ok, frame = capture.read()
             if not ok or frame is None:
-                break
-            frames.append(resize_short_side_np(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), short_side))
+                return
+            yield resize_short_side_np(frame, short_side)
     finally:
         capture.release()
+
+
+def read_video_all(path, short_side=0):
+    """Every frame of a video as RGB uint8 [N, H, W, 3] (optionally short side resized); for preparation."""
+    frames = [cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) for frame in iter_frames(path, short_side)]
     if not frames:
         raise BadSampleError(path, "no frame decodes (empty or corrupt video)")
     return frames

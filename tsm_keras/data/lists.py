@@ -13,6 +13,11 @@ import os
 import re
 
 KINETICS400_LABELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kinetics400_labels.txt")
+# What counts as a video file when a folder is searched (prepare, predict's --input).
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp",
+                    ".ts")
+# What counts as a list file for predict's --input.
+LIST_EXTENSIONS = (".txt", ".list", ".lst", ".csv")
 
 # One entry of a list file. `num_frames` is -1 for videos (the container is asked at decode time);
 # `source` is "file:line" for messages.
@@ -113,3 +118,88 @@ def write_list(path, rows):
         for row in rows:
             f.write(" ".join(str(x) for x in row) + "\n")
     os.replace(tmp, path)
+
+
+def load_label_names(config):
+    """Class names of a data config, index i -> name: the label map, the synthetic classes, the names a
+    TFRecord conversion recorded, or "0".."num_classes-1"."""
+    if config.label_map:
+        return read_label_map(config.label_map)
+    if config.data_format == "synthetic":
+        from tsm_keras.data.synthetic import SYNTHETIC_CLASSES
+
+        return list(SYNTHETIC_CLASSES)
+    if config.data_format == "tfrecord":
+        from tsm_keras.data.tfrecord_format import read_manifest
+
+        # The conversion recorded the names it was given (index names when it had no label map).
+        names = (read_manifest(config.tfrecord_dir) or {}).get("label_names")
+        if names and not all(name == str(i) for i, name in enumerate(names)):
+            return list(names)
+    return [str(i) for i in range(int(config.num_classes))]
+
+
+def split_list(config, split):
+    """The list file of `split` ("train" or "val"/"test"); ListFileError naming the flag when unset."""
+    path = config.train_list if split == "train" else config.val_list
+    if not path:
+        flag = "--train_list" if split == "train" else "--val_list"
+        raise ListFileError(f"no list file for split {split!r}: pass {flag}=<list file>")
+    return path
+
+
+def resolve_lists(config):
+    """(config with data_format frames|videos and lists filled in, label names) for any data_format.
+
+    The synthetic format is generated here (once; reused when complete) and read as a videos list.
+    """
+    if config.data_format == "synthetic":
+        from tsm_keras.data.synthetic import default_synthetic_root, ensure_synthetic_dataset
+
+        root = config.data_root or default_synthetic_root()
+        paths = ensure_synthetic_dataset(root, reuse_existing=True)
+        config = config.replace(data_format="videos", data_root=root, train_list=paths["train_list"],
+                                val_list=paths["val_list"], label_map="")
+        return config, list(paths["classes"])
+    return config, load_label_names(config)
+
+
+def list_inputs(spec, data_root="", frame_template="img_{:05d}.jpg"):
+    """Videos named by `--input`: a video file, a frame folder, a folder of videos/frame folders, or a
+    list file (one path per line; PaddleVideo's `path [num_frames] label` lines work, the numbers are
+    dropped; relative paths are joined to `data_root`)."""
+    from tsm_keras.data.decode import count_frame_files  # OpenCV: only when a folder is searched
+
+    if not spec:
+        raise ValueError("--input is empty: pass a video file, a folder of videos, or a list file.")
+    if os.path.isdir(spec):
+        if count_frame_files(spec, frame_template) > 0:
+            return [spec]
+        found = []
+        for name in sorted(os.listdir(spec)):
+            path = os.path.join(spec, name)
+            if name.startswith("."):
+                continue
+            if os.path.isdir(path) and count_frame_files(path, frame_template) > 0:
+                found.append(path)
+            elif os.path.isfile(path) and name.lower().endswith(VIDEO_EXTENSIONS):
+                found.append(path)
+        if not found:
+            raise ValueError(f"{spec}: no video files ({', '.join(VIDEO_EXTENSIONS)}) or frame folders "
+                             f"({frame_template.format(1)}, ...) in it.")
+        return found
+    if os.path.isfile(spec) and spec.lower().endswith(LIST_EXTENSIONS):
+        paths = []
+        with open(spec) as f:
+            for line in f:
+                fields = line.strip().split()
+                while len(fields) > 1 and fields[-1].lstrip("-").isdigit():
+                    fields.pop()
+                if not fields:
+                    continue
+                path = " ".join(fields)
+                paths.append(os.path.join(data_root, path) if data_root and not os.path.isabs(path) else path)
+        if not paths:
+            raise ValueError(f"{spec}: the list file names no video.")
+        return paths
+    return [spec]

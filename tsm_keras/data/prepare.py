@@ -26,7 +26,6 @@ import cv2
 from tsm_keras.data import decode, lists
 
 log = logging.getLogger(__name__)
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".wmv", ".3gp")
 JPEG_QUALITY = 95
 
 
@@ -37,7 +36,7 @@ def _normalize(name):
 def _videos_in(folder):
     found = []
     for current, _, files in os.walk(folder):
-        found.extend(os.path.join(current, f) for f in files if f.lower().endswith(VIDEO_EXTENSIONS))
+        found.extend(os.path.join(current, f) for f in files if f.lower().endswith(lists.VIDEO_EXTENSIONS))
     return sorted(found)
 
 
@@ -67,7 +66,7 @@ def kinetics_lists(videos_dir, label_names=None):
             for path in _videos_in(os.path.join(folder, class_dir)):
                 rows[split].append((os.path.relpath(path, videos_dir), label))
         if not rows[split]:
-            raise lists.ListFileError(f"{folder}: no videos ({', '.join(VIDEO_EXTENSIONS)}) in class folders")
+            raise lists.ListFileError(f"{folder}: no videos ({', '.join(lists.VIDEO_EXTENSIONS)}) in class folders")
     return rows, label_names
 
 
@@ -115,24 +114,17 @@ def extract_frames(video_path, out_dir, short_side=0, frame_template="img_{:05d}
     """
     if os.path.isdir(out_dir):
         return decode.count_frame_files(out_dir, frame_template)
-    capture = decode._open(video_path)
+    frames = decode.iter_frames(video_path, short_side)
     tmp = f"{out_dir}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     count = 0
     try:
-        while True:
-            ok, frame = capture.read()
-            if not ok or frame is None:
-                break
-            count += 1
-            frame = decode.resize_short_side_np(frame, short_side)
+        for count, frame in enumerate(frames, 1):
             cv2.imwrite(os.path.join(tmp, frame_template.format(count)), frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    finally:
-        capture.release()
     if count == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         raise decode.BadSampleError(video_path, "no frame decodes (empty or corrupt video)")
@@ -176,11 +168,6 @@ def extract_list(list_path, data_root, frames_dir, out_list, *, short_side=0, fr
         rows.append((relative, count, record.label))
     lists.write_list(out_list, rows)
     return len(rows), skipped
-
-
-def prepare_from_config(config):
-    """`--mode=prepare` (returns nothing: absl exits with the return value)."""
-    prepare(config)
 
 
 def prepare(config):

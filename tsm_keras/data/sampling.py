@@ -62,3 +62,11 @@ def sample_dense_indices(num_frames, num_segments, training, rng=None, num_clips
         return (np.arange(t, dtype=np.int64) * stride + start) % n
     starts = np.linspace(0, sample_positions - 1, num=num_clips, dtype=int)
     return np.stack([(np.arange(t, dtype=np.int64) * stride + s) % n for s in starts])
+
+
+def plan_indices(num_frames, num_segments, training, num_clips, rand):
+    """Frame indices of one tf.data element: `[T]` when training (random per segment, drawn from the
+    element's random int64 `rand`), `[num_clips, T]` segment centres otherwise."""
+    if training:
+        return sample_segment_indices(num_frames, num_segments, True, np.random.default_rng(int(rand) % (2 ** 63)))
+    return sample_test_clips(num_frames, num_segments, num_clips)

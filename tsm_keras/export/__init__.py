@@ -11,29 +11,11 @@ Kept import-light: each format's module imports TensorFlow (and tf2onnx, onnxrun
 import os
 import sys
 
-
-def load_keras_model(weights, config):
-    """`(model, run_config, label_names)` for `--weights`, through evaluation's loader so eval,
-    export and predict read the same sources the same way (a run folder's config.json and
-    labels.txt, `.keras`, `.weights.h5`, converter sources)."""
-    from tsm_keras.evaluation import load_label_names, load_trained_model
-
-    model, run_config, model_dir = load_trained_model(config.replace(weights=weights))
-    num_classes = int(model.output_shape[-1])
-    label_names = load_label_names(run_config.replace(num_classes=num_classes), model_dir)
-    if len(label_names) != num_classes:
-        if run_config.label_map:
-            raise ValueError(f"--label_map={run_config.label_map} has {len(label_names)} names for a model with "
-                             f"{num_classes} classes: pass the label map the model was trained with.")
-        # Only a default guessed them (e.g. the synthetic dataset's 8 classes for a K400 checkpoint).
-        print(f"note: no label map for this {num_classes}-class model (--label_map): classes are named "
-              f"\"0\"..\"{num_classes - 1}\"", flush=True)
-        label_names = [str(i) for i in range(num_classes)]
-    return model, run_config, label_names
+__all__ = ["export_model"]
 
 
-def export_from_config(config):
-    """`--mode=export`: write the artefact `--export_format` asks for; print where it went."""
+def export_model(config):
+    """`--mode=export`: write the artefact `--export_format` asks for; print where it went; returns its path."""
     if config.export_format not in ("saved_model", "onnx", "tflite"):
         raise ValueError(f"--export_format must be saved_model, onnx or tflite, got {config.export_format!r}.")
     if config.export_precision != "float32" and config.export_format != "saved_model":
@@ -53,7 +35,9 @@ def export_from_config(config):
             print("warning: --export_precision=bfloat16 on a machine without native bfloat16 (no amx_bf16/"
                   "avx512_bf16 CPU flag, no GPU of compute capability >= 8.0): served here it would be slower "
                   "than the float32 export; serve it where bfloat16 is native.", file=sys.stderr, flush=True)
-    model, run_config, label_names = load_keras_model(config.weights or config.model_dir, config)
+    from tsm_keras.loading import load_trained
+
+    model, run_config, label_names = load_trained(config, config.weights or config.model_dir)
     if config.export_format == "saved_model":
         return _export_saved_model(model, run_config, label_names, config)
     if config.export_format == "onnx":
@@ -79,13 +63,12 @@ def _export_saved_model(model, run_config, label_names, config):
                                os.path.basename(path))
         convert_saved_model(path, trt_dir, config.trt_precision, calibration_clips=calibration)
         print(f"export: TF-TRT {config.trt_precision} SavedModel in {trt_dir}")
-    return 0
+    return path
 
 
 def _calibration_clips(run_config, limit=32):
     """float32 `[1, T, S, S, 3]` centre clips of the first `limit` validation videos (INT8 ranges)."""
-    from tsm_keras.data.pipeline import load_video_clips
-    from tsm_keras.predict import list_inputs
+    from tsm_keras.data import list_inputs, load_video_clips
 
     if not run_config.val_list:
         raise ValueError("INT8 TF-TRT calibrates on validation videos: set --val_list (and --data_root).")
@@ -140,12 +123,12 @@ def _export_onnx(model, config):
         session = onnxruntime_session(path)
     except ImportError:
         print("  (onnxruntime not installed: parity not checked)")
-        return 0
+        return path
     clips = _parity_clip(model)
     logits = session.run(["logits"], {"clips": clips})[0]
     diff = float(np.abs(logits - _reference_logits(model, clips)).max())
     print(f"  onnxruntime vs Keras: max |logit diff| {diff:.2e}")
-    return 0
+    return path
 
 
 def _export_tflite(model, config):
@@ -166,4 +149,14 @@ def _export_tflite(model, config):
     diff = float(np.abs(logits - _reference_logits(model, clips)).max())
     print(f"export: TFLite {config.tflite_quant} in {path} ({os.path.getsize(path) / 2**20:.1f} MiB); input clips "
           f"float32 [1, T, S, S, 3] RGB 0-255 centre-cropped; max |logit diff| vs Keras {diff:.2e}")
-    return 0
+    return path
+
+
+def load_keras_model(weights, config):
+    """Deprecated (kept for one release): `tsm_keras.loading.load_trained(config, weights)`."""
+    from tsm_keras.loading import load_trained
+
+    return load_trained(config, weights)
+
+
+export_from_config = export_model  # deprecated name (kept for one release)

@@ -8,7 +8,7 @@ only standard ONNX operators (`check_standard_ops`) and TensorRT builds an engin
 
 import tensorflow as tf
 
-from tsm_keras.export.saved_model import ClipClassifier, inference_form, model_input_spec
+from tsm_keras.models.inference import ClipClassifier, inference_form, model_input_spec
 
 DEFAULT_OPSET = 17
 # Operators whose presence we accept: all in the default ai.onnx domain, all supported by

@@ -28,29 +28,15 @@ import tensorflow as tf
 
 import keras
 
-# Imported here, not inside the traced function: tsm_keras.data runs an eager op at import time.
-from tsm_keras.data import augment
-from tsm_keras.layers import FrameNormalization
-from tsm_keras.models.tsm import INPUT_CONVENTIONS
+from tsm_keras.data.augment import resize_and_center_crop
+from tsm_keras.models.inference import ClipClassifier, inference_form, model_input_spec
+# The export folder's contract (versions, signature names, tsm_export.json) is shared with its readers.
+from tsm_keras.saved_models import (CLIPS_SIGNATURE, DEFAULT_SIGNATURE, METADATA_FILE, list_versions,
+                                    read_export_metadata, resolve_saved_model_dir)
 
-DEFAULT_SIGNATURE = "serving_default"
-CLIPS_SIGNATURE = "serving_clips"
-METADATA_FILE = os.path.join("assets.extra", "tsm_export.json")
-
-
-def resize_and_center_crop(frames, scale_size, image_size):
-    """Evaluation geometry in the graph: short side -> `scale_size`, centre crop `image_size`.
-
-    `frames`: uint8 `[batch, T, height, width, 3]`, any height/width. Returns float32
-    `[batch, T, image_size, image_size, 3]` RGB 0-255. The ops are the data pipeline's own
-    (`tsm_keras.data.augment`), so serving sees exactly the crops evaluation sees.
-    """
-    shape = tf.shape(frames)
-    images = tf.reshape(frames, tf.concat([[-1], shape[2:]], 0))
-    images = augment.center_crop(augment.resize_short_side(images, scale_size), image_size)
-    clips = tf.reshape(images, tf.stack([shape[0], shape[1], image_size, image_size, 3]))
-    return tf.cast(clips, tf.float32)
-
+__all__ = ["CLIPS_SIGNATURE", "DEFAULT_SIGNATURE", "METADATA_FILE", "ClipClassifier", "build_export_archive",
+           "check_input_shape", "export_saved_model", "inference_form", "list_versions", "model_input_spec",
+           "read_export_metadata", "resize_and_center_crop", "resolve_saved_model_dir", "serving_example"]
 
 def check_input_shape(tensor, dims, what):
     """Fail with a readable message unless `tensor` has rank `len(dims)` and the non-None `dims`.
@@ -60,64 +46,6 @@ def check_input_shape(tensor, dims, what):
     time and names the expected and actual shapes.
     """
     return tf.ensure_shape(tensor, dims, name=what)
-
-
-class ClipClassifier:
-    """The Keras TSM model as a function of 0-255 float clips, whatever its `normalize_input`.
-
-    `__call__(clips)`: float32 `[batch, T, S, S, 3]` RGB 0-255 -> float32 logits `[batch, classes]`.
-    Normalization follows the model's `input_convention` (mean/std from `INPUT_CONVENTIONS`, the
-    one source of truth), applied here when the model does not normalize itself.
-    """
-
-    def __init__(self, model):
-        self.model = model
-        if getattr(model, "normalize_input", False):
-            self.normalize = None
-        else:
-            convention = getattr(model, "input_convention", "imagenet")
-            self.normalize = FrameNormalization(**INPUT_CONVENTIONS[convention], name="serving_normalize")
-
-    def __call__(self, clips):
-        x = clips if self.normalize is None else self.normalize(clips)
-        return tf.cast(self.model(x, training=False), tf.float32)
-
-
-PRECISIONS = ("float32", "bfloat16")
-
-
-def inference_form(model, fold_batchnorm=True, precision="float32"):
-    """The graph to export: a TSM with BatchNorm folded into its convs (same outputs to float32
-    rounding, ~20 % less latency at batch 1), or the model as is.
-
-    `precision="bfloat16"`: the folded TSM rebuilt under the `bfloat16` policy: weights stored in
-    bfloat16 (half the bytes, no cast per call: 0.120 -> 0.100 s per R50 clip here against
-    `mixed_bfloat16`, with the same rounding of weights), bfloat16 convolutions and activations;
-    normalization, the average over time, logits and probabilities stay float32.
-    """
-    from tsm_keras.models.tsm import TSM, fold_batchnorm as fold
-
-    if precision not in PRECISIONS:
-        raise ValueError(f"export precision must be one of {PRECISIONS}, got {precision!r}.")
-    if precision == "bfloat16":
-        if not isinstance(model, TSM):
-            raise ValueError(f"a bfloat16 export rebuilds the TSM under the bfloat16 policy; {type(model).__name__} "
-                             "is not a TSM (tsm_keras.build_tsm): export it in float32.")
-        return fold(model, dtype_policy="bfloat16")
-    if fold_batchnorm and isinstance(model, TSM):
-        return fold(model)
-    return model
-
-
-def model_input_spec(model):
-    """(num_segments, image_size) the model was built for; image_size may be None (any size)."""
-    config = model.get_config()
-    image_size = config.get("image_size")
-    if isinstance(image_size, (list, tuple)):
-        if image_size[0] != image_size[1]:
-            raise ValueError(f"serving crops squares; the model was built for {image_size}.")
-        image_size = image_size[0]
-    return int(config["num_segments"]), image_size
 
 
 def index_label_names(num_classes):
@@ -202,27 +130,6 @@ def _jsonable(value):
     return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
 
 
-def list_versions(export_dir):
-    """Integer versions present in `export_dir` (complete ones: temporary folders are hidden)."""
-    if not os.path.isdir(export_dir):
-        return []
-    return sorted(int(name) for name in os.listdir(export_dir)
-                  if name.isdigit() and os.path.isdir(os.path.join(export_dir, name)))
-
-
-def resolve_saved_model_dir(path):
-    """A SavedModel folder itself, or the highest version under a versioned export folder."""
-    if os.path.isfile(os.path.join(path, "saved_model.pb")):
-        return path
-    versions = list_versions(path)
-    for version in reversed(versions):
-        candidate = os.path.join(path, str(version))
-        if os.path.isfile(os.path.join(candidate, "saved_model.pb")):
-            return candidate
-    raise FileNotFoundError(f"{path}: no saved_model.pb there nor in a numbered version folder below it; "
-                            f"export one with `python app.py --mode=export --weights=... --export_dir={path}`.")
-
-
 def export_saved_model(model, export_dir, label_names=None, scale_size=256, image_size=None, top_k=5,
                        version=None, verbose=False, fold_batchnorm=True, precision="float32"):
     """Write `model` as `<export_dir>/<version>/`; return that path.
@@ -273,15 +180,6 @@ def _rename_to_version(tmp, export_dir, version):
             raise FileExistsError(f"{final} appeared while exporting; versions are never overwritten.")
         version = None  # another exporter took it: take the next one
     raise RuntimeError(f"could not allocate a version folder in {export_dir}")
-
-
-def read_export_metadata(saved_model_dir):
-    """The `tsm_export.json` written next to the SavedModel, or None for a foreign SavedModel."""
-    path = os.path.join(saved_model_dir, METADATA_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
 
 
 def serving_example(num_segments, image_size=224, batch=1, seed=0):

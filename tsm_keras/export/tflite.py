@@ -20,7 +20,7 @@ import tensorflow as tf
 
 import keras
 
-from tsm_keras.export.saved_model import ClipClassifier, inference_form, model_input_spec
+from tsm_keras.models.inference import ClipClassifier, inference_form, model_input_spec
 
 QUANTIZATIONS = ("float32", "float16", "dynamic_int8")
 

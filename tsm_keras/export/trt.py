@@ -62,7 +62,7 @@ def convert_saved_model(saved_model_dir, output_dir, precision="FP16", calibrati
         raise ValueError(f"trt_precision must be one of {PRECISIONS}, got {precision!r}.")
     require_tensorrt()
     import tensorflow as tf
-    from tsm_keras.export.saved_model import CLIPS_SIGNATURE, DEFAULT_SIGNATURE
+    from tsm_keras.saved_models import CLIPS_SIGNATURE, DEFAULT_SIGNATURE
 
     int8 = precision == "INT8"
     if int8 and calibration_clips is None:

@@ -6,11 +6,8 @@ from tsm_keras.models.tsm import build_tsm
 
 
 def print_summary(config):
-    model = build_tsm(config.num_classes, num_segments=config.num_segments, backbone=config.backbone,
-                      shift=config.shift, shift_div=config.shift_div, shift_place=config.shift_place,
-                      dropout=config.dropout, image_size=config.image_size)
+    model = build_tsm(**config.model_kwargs())
     model.summary(line_length=110)
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     print(f"{model.name}: {config.num_segments} segments x {config.image_size}px, "
           f"{trainable:,} trainable parameters")
-    return 0

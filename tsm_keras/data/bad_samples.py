@@ -1,0 +1,97 @@
+"""Samples that cannot be read: the error naming the file, the counter of skipped ones, the policy.
+
+`--on_bad_sample=skip` drops a bad sample and counts it in `BAD_SAMPLES` (each path logged once);
+`fail` stops with the file named. Readers return a placeholder of the right shape for a dropped
+sample, filtered out before batching.
+"""
+
+import functools
+import logging
+import threading
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class BadSampleError(ValueError):
+    """A video or frame that cannot be read: `path` and `reason` say which and why."""
+
+    def __init__(self, path, reason):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class BadSampleCounter:
+    """Counts samples skipped under `--on_bad_sample=skip`; logs each bad path once. Thread-safe.
+
+    The pipeline records into the module-level `BAD_SAMPLES`; the training loop reads
+    `BAD_SAMPLES.take()` at the end of an epoch (count since the last take) or `.total`.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.total = 0
+        self._since_take = 0
+        self.paths = set()
+
+    def record(self, error):
+        with self._lock:
+            self.total += 1
+            self._since_take += 1
+            first = error.path not in self.paths
+            self.paths.add(error.path)
+        if first:
+            log.warning("skipping bad sample %s", error)
+
+    def record_unknown(self, count, reason):
+        """`count` samples dropped without a path to name (e.g. by tf.data's ignore_errors)."""
+        count = int(count)
+        if count <= 0:
+            return
+        with self._lock:
+            self.total += count
+            self._since_take += count
+        log.warning("skipping %d bad sample%s (%s)", count, "" if count == 1 else "s", reason)
+
+    def take(self):
+        """Samples skipped since the previous `take()` (and reset that count)."""
+        with self._lock:
+            count, self._since_take = self._since_take, 0
+            return count
+
+    def reset(self):
+        with self._lock:
+            self.total = 0
+            self._since_take = 0
+            self.paths = set()
+
+
+BAD_SAMPLES = BadSampleCounter()
+
+
+def as_bad_sample(error, path):
+    """Any exception raised while reading `path` as a BadSampleError naming it."""
+    if isinstance(error, BadSampleError):
+        return error
+    return BadSampleError(path, f"cannot be read ({type(error).__name__}: {error})")
+
+
+def skip_or_raise(error, policy):
+    """`policy` "fail": raise `error` (saying how to skip instead); "skip": count it."""
+    if policy == "fail":
+        raise BadSampleError(error.path, f"{error.reason} (--on_bad_sample=fail; use skip to drop such samples)")
+    BAD_SAMPLES.record(error)
+
+
+@functools.lru_cache(maxsize=1)
+def placeholder_jpeg():
+    """JPEG bytes of an 8x8 black image: stands in for the frames of a bad sample until it is filtered
+    out (encoded on first use, by OpenCV: no TensorFlow op at import)."""
+    import cv2
+
+    ok, data = cv2.imencode(".jpg", np.zeros([8, 8, 3], np.uint8))
+    if not ok:
+        raise RuntimeError("OpenCV could not encode the placeholder JPEG")
+    return data.tobytes()

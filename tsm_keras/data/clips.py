@@ -1,0 +1,54 @@
+"""Clips from frames: the training clip (MultiScaleCrop + flip), the evaluation views, one video's views.
+
+Training clips from JPEG bytes decode only the crop window of each frame. `load_video_clips` gives the
+evaluation views of one video or frame folder outside tf.data (prediction), with the same sampling and
+crops as `build_dataset(config, "test")`.
+"""
+
+import os
+
+import tensorflow as tf
+
+from tsm_keras.data import augment, decode, sampling
+from tsm_keras.data.bad_samples import BadSampleError
+
+
+def train_clip_from_jpegs(jpegs, num_segments, image_size, flip, seed):
+    """[T] JPEG strings -> [T, S, S, 3] uint8: decode only the MultiScaleCrop window of each frame."""
+    shape = tf.image.extract_jpeg_shape(jpegs[0])
+    window = tf.stack(augment.multi_scale_crop_window(shape[0], shape[1], image_size, seed))
+    frames = tf.stack([tf.io.decode_and_crop_jpeg(jpegs[t], window, channels=3) for t in range(num_segments)])
+    clip = augment.resize_frames(frames, image_size, image_size)
+    return augment.random_flip(clip, seed) if flip else clip
+
+
+def train_clip_from_frames(frames, image_size, flip, seed):
+    clip = augment.multi_scale_crop(frames, image_size, seed)
+    return augment.random_flip(clip, seed) if flip else clip
+
+
+def eval_clip(frames, config, num_clips, num_crops):
+    views = augment.eval_views(frames, num_clips, num_crops, config.scale_size, config.image_size)
+    return views[0] if num_clips * num_crops == 1 else views
+
+
+def load_video_clips(path, num_segments, num_clips=1, crops=1, scale_size=256, image_size=224,
+                     frame_template="img_{:05d}.jpg"):
+    """Test-time views of one video file or frame folder: uint8 numpy [views, T, image_size, image_size, 3].
+
+    The same segment-centre sampling and crops as evaluation (`build_dataset(config, "test")`), views
+    ordered clip-major. Raises BadSampleError (a ValueError) naming the file when it cannot be read.
+    """
+    def plan(n):
+        return sampling.sample_test_clips(n, num_segments, num_clips).reshape(-1)
+
+    if os.path.isdir(path):
+        count = decode.count_frame_files(path, frame_template)
+        if count <= 0:
+            raise BadSampleError(path, f"no frame files {frame_template.format(1)}, ... in the folder")
+        jpegs = decode.read_jpeg_files([decode.frame_path(path, frame_template, i) for i in plan(count)])
+        frames = tf.stack([tf.io.decode_jpeg(j, channels=3) for j in jpegs])
+    else:
+        frames, _ = decode.decode_video(path, plan)
+    views = augment.eval_views(tf.convert_to_tensor(frames), num_clips, crops, scale_size, image_size)
+    return views.numpy()

@@ -1,0 +1,64 @@
+"""The one loader of trained models: any weights source -> (model, run config, label names).
+
+    model, run_config, label_names = load_trained(config)            # --weights / --model_dir
+    model, run_config, label_names = load_trained(config, "TSM_k400.pdparams")
+
+Sources: a training run folder (its `config.json` decides the network, `labels.txt` the names), a
+run's `.weights.h5`, a `.keras` file, and every checkpoint the converters read (`.pdparams`,
+`.pth`, keras.applications `.h5`, a `.weights.h5` written by `--mode=convert`). Whatever the source,
+the model returned takes raw 0-255 RGB frames, as the data pipeline yields them. Used by eval,
+export and predict alike, so they read the same sources the same way.
+"""
+
+from tsm_keras import runs
+
+
+def load_trained(config, source=None):
+    """`(model, run_config, label_names)` for `source` (default `config.weights`, else `config.model_dir`).
+
+    `run_config` is the run's saved config where there is one, with the data and evaluation fields
+    given in `config` on top; its `weights` and `model_dir` say what was loaded from where.
+    """
+    import keras
+
+    from tsm_keras.models import build_tsm, with_raw_frame_input
+
+    if source is not None:
+        config = config.replace(weights=source)
+    run_config, weights, model_dir = runs.resolve_run(config)
+    if weights.endswith(".keras"):
+        # The pipeline yields raw 0-255 frames; a converted .keras expects normalized ones.
+        model = with_raw_frame_input(keras.models.load_model(weights, compile=False))
+    elif weights.endswith(".weights.h5") and runs.is_run_folder(model_dir):
+        model = build_tsm(**run_config.model_kwargs(normalize_input=True))
+        model.load_weights(weights)
+    else:  # converter sources, and .weights.h5 written by --mode=convert (its architecture.json beside it)
+        from tsm_keras.convert import load_model_from_source
+
+        model = load_model_from_source(weights, config=run_config)
+    num_classes = int(model.output_shape[-1])
+    return model, run_config, label_names_for(run_config.replace(num_classes=num_classes), model_dir)
+
+
+def label_names_for(config, model_dir=None):
+    """Class names of a `config.num_classes`-class model: the run's labels.txt, else the data's label
+    map, else "0".."N-1". A `--label_map` of another size is an error; a guessed one (e.g. the
+    synthetic dataset's 8 classes for a K400 checkpoint) gives index names, with a note."""
+    num_classes = int(config.num_classes)
+    names = runs.read_labels(model_dir)
+    if names is None:
+        import tsm_keras.data as data
+
+        try:
+            names = list(data.load_label_names(config))
+        except (OSError, ValueError):
+            names = []
+    if len(names) == num_classes:
+        return names
+    if config.label_map:
+        raise ValueError(f"--label_map={config.label_map} has {len(names)} names for a model with "
+                         f"{num_classes} classes: pass the label map the model was trained with.")
+    if names:
+        print(f"note: no label map for this {num_classes}-class model (--label_map): classes are named "
+              f"\"0\"..\"{num_classes - 1}\"", flush=True)
+    return [str(i) for i in range(num_classes)]

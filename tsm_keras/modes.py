@@ -1,0 +1,81 @@
+"""What `python app.py --mode=<mode>` runs: one `run_<mode>(config) -> exit code` per mode.
+
+Each entry calls the one library function of its mode and turns its result into what a user sees
+last and the process's exit status. Only this module prints the final `top1=... top5=...` line.
+Imports are inside the entries, so a mode loads only what it needs.
+"""
+
+
+def _print_accuracy(metrics):
+    if metrics:
+        print(f"top1={metrics['top1']:.4f} top5={metrics['top5']:.4f}", flush=True)
+
+
+def run_summary(config):
+    from tsm_keras.models.summary import print_summary
+
+    print_summary(config)
+    return 0
+
+
+def run_train(config, **options):
+    """`options`: `tsm_keras.training.loop.train`'s (a stand-in data module in tests)."""
+    from tsm_keras.training.loop import train
+
+    _print_accuracy(train(config, **options))
+    return 0
+
+
+def run_eval(config, **options):
+    """`options`: `tsm_keras.evaluation.evaluate`'s (`dataset`, `data`)."""
+    from tsm_keras.evaluation import evaluate
+
+    _print_accuracy(evaluate(config, **options))
+    return 0
+
+
+def run_convert(config):
+    from tsm_keras.convert import convert_checkpoint
+
+    convert_checkpoint(config)
+    return 0
+
+
+def run_export(config):
+    from tsm_keras.export import export_model
+
+    export_model(config)
+    return 0
+
+
+def run_predict(config):
+    """1 when some videos could not be read (reported; the others are still classified)."""
+    from tsm_keras.predict import predict_videos
+
+    return 1 if predict_videos(config)["failed"] else 0
+
+
+def run_tfrecords(config):
+    from tsm_keras.data.tfrecord_writer import write_tfrecords
+
+    write_tfrecords(config)
+    return 0
+
+
+def run_prepare(config):
+    from tsm_keras.data.prepare import prepare
+
+    prepare(config)
+    return 0
+
+
+MODES = {
+    "summary": run_summary,
+    "train": run_train,
+    "eval": run_eval,
+    "convert": run_convert,
+    "export": run_export,
+    "predict": run_predict,
+    "tfrecords": run_tfrecords,
+    "prepare": run_prepare,
+}
