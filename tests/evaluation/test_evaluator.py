@@ -94,23 +94,3 @@ def test_reports(tmp_path):
     # Many classes still render (no names when cells are tiny).
     big = compute_metrics(np.eye(400)[np.arange(400)], np.arange(400), 400)
     assert cv2.imread(write_reports(str(tmp_path / "big"), big, [f"class {i}" for i in range(400)])["png"]) is not None
-
-
-def test_load_trained_model_feeds_a_converted_keras_file_raw_frames(tmp_path):
-    """A converted `.keras` (normalize_input=False) must still be evaluated on the pipeline's raw frames."""
-    import keras
-
-    import tsm_keras
-    from tsm_keras.config import Config
-    from tsm_keras.loading import load_trained
-    from tsm_keras.layers import IMAGENET_MEAN, IMAGENET_STD
-
-    converted = tsm_keras.build_tsm(3, num_segments=2, backbone="resnet18", convention="paddle")
-    path = str(tmp_path / "converted.keras")
-    converted.save(path)
-    model, _, _ = load_trained(Config(weights=path, num_classes=3, num_segments=2, backbone="resnet18"))
-    assert model.normalize_input and model.convention == "paddle"
-    frames = np.random.default_rng(0).integers(0, 256, size=(1, 2, 32, 32, 3)).astype(np.uint8)
-    normalized = (frames.astype(np.float32) - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(frames)), converted(normalized).numpy(),
-                               rtol=1e-4, atol=1e-5)
