@@ -53,6 +53,10 @@ flags.DEFINE_enum("backbone", "resnet50", ["resnet18", "resnet34", "resnet50", "
 flags.DEFINE_enum("shift", "bidirectional", ["bidirectional", "unidirectional", "none"], "Temporal shift (none = TSN).")
 flags.DEFINE_integer("shift_div", 8, "1/shift_div of the channels shift each way.")
 flags.DEFINE_enum("shift_place", "blockres", ["blockres", "block"], "Where the shift goes in a block.")
+flags.DEFINE_enum("convention", "auto", ["auto", "tsm", "paddle"], "Shift direction: tsm (official code: channels "
+                  "[0, C/8) take frame t+1), paddle (PaddleVideo: the reverse, fold C/T), auto (what the "
+                  "--pretrained/--weights file was trained with: .pdparams -> paddle, .pth and keras.applications "
+                  "-> tsm, this project's files -> theirs; else tsm).")
 flags.DEFINE_float("dropout", 0.5, "Dropout before the classifier.")
 flags.DEFINE_string("pretrained", "", "Initial weights (ImageNet or K400), any format the converters read.")
 flags.DEFINE_string("weights", "", "Trained weights for eval/predict/export: model_dir, .keras or a converter source.")

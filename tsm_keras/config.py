@@ -11,7 +11,8 @@ from typing import List, Optional
 
 # The fields that describe the trained network (what `build_tsm` takes from a Config): a run's saved
 # config.json decides them at eval/export/predict, and a resume must not change them.
-MODEL_FIELDS = ("backbone", "num_classes", "num_segments", "shift", "shift_div", "shift_place", "dropout")
+MODEL_FIELDS = ("backbone", "num_classes", "num_segments", "shift", "shift_div", "shift_place", "convention",
+                "dropout")
 
 
 @dataclasses.dataclass
@@ -49,6 +50,9 @@ class Config:
     shift: str = "bidirectional"  # bidirectional | unidirectional | none
     shift_div: int = 8
     shift_place: str = "blockres"
+    # Shift direction convention: tsm (official code) | paddle (PaddleVideo) | auto (the --pretrained /
+    # --weights file's own, else tsm; training records the resolved one in config.json).
+    convention: str = "auto"
     dropout: float = 0.5
     pretrained: str = ""
     weights: str = ""
@@ -112,6 +116,8 @@ class Config:
             values = json.load(f)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
+        # Runs saved before the convention field existed were all built with the official shift.
+        values.setdefault("convention", "tsm")
         config = cls(**{k: v for k, v in values.items() if k in known})
         config.extra.update({k: values[k] for k in unknown})
         return config
@@ -122,6 +128,8 @@ class Config:
     def model_kwargs(self, **overrides):
         """`build_tsm(**config.model_kwargs())`: the network fields, `image_size`, and `overrides`."""
         kwargs = {name: getattr(self, name) for name in MODEL_FIELDS}
+        if kwargs["convention"] == "auto":  # unresolved (no weights to take it from): the official shift
+            kwargs["convention"] = "tsm"
         kwargs["image_size"] = self.image_size
         kwargs.update(overrides)
         return kwargs

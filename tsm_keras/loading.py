@@ -62,3 +62,33 @@ def label_names_for(config, model_dir=None):
         print(f"note: no label map for this {num_classes}-class model (--label_map): classes are named "
               f"\"0\"..\"{num_classes - 1}\"", flush=True)
     return [str(i) for i in range(num_classes)]
+
+
+def weights_convention(path):
+    """The shift convention the weights at `path` were trained with, or None when the file does not
+    say (a backbone without shifts, e.g. ImageNet weights): a run folder or a run's weights -> its
+    config.json; `.pdparams` -> "paddle"; `.pth` -> "tsm"; this project's `.keras` / converted
+    `.weights.h5` -> the model's own."""
+    import os
+
+    from tsm_keras.config import Config
+
+    model_dir = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    if runs.is_run_folder(model_dir) and (os.path.isdir(path) or path.endswith(".weights.h5")):
+        return Config.load(os.path.join(model_dir, runs.CONFIG_FILE)).convention
+    from tsm_keras.convert import source_build_kwargs
+
+    return source_build_kwargs(path).get("convention")
+
+
+def resolve_convention(config, source=None):
+    """`(convention, reason)` for `--convention`: as given, else the weights' (`source`, default
+    `--pretrained`), else "tsm"."""
+    if config.convention != "auto":
+        return config.convention, "--convention"
+    source = source or config.pretrained
+    if source:
+        convention = weights_convention(source)
+        if convention:
+            return convention, f"the convention of {source}"
+    return "tsm", "the official code's (no weights that carry one)"

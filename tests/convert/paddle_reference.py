@@ -70,7 +70,8 @@ def randomize(layer, seed):
 
 
 def paddle_tsm_logits(backbone, fc, clip, num_seg):
-    """PaddleVideo's recognizer2d + TSMHead at inference: [N, T, C, H, W] -> [N, classes].
+    """PaddleVideo's recognizer2d + TSMHead at inference: [N, T, C, H, W] -> ([N, classes] logits,
+    [N * T, 2048] pooled backbone features).
 
     avgpool -> dropout (identity in eval) -> fc -> reshape [-1, T, classes] -> mean over T.
     """
@@ -85,7 +86,7 @@ def paddle_tsm_logits(backbone, fc, clip, num_seg):
         pooled = paddle.reshape(pooled, pooled.shape[:2])
         score = fc(pooled)
         score = paddle.reshape(score, [-1, num_seg, score.shape[1]])
-        return paddle.mean(score, axis=1).numpy()
+        return paddle.mean(score, axis=1).numpy(), pooled.numpy()
 
 
 def write_reference(out_dir, num_seg, classes, size):
@@ -100,8 +101,8 @@ def write_reference(out_dir, num_seg, classes, size):
     randomize(backbone, seed=1)
     randomize(fc, seed=2)
     clip = np.random.default_rng(3).normal(size=(1, num_seg, 3, size, size)).astype(np.float32)
-    logits = paddle_tsm_logits(backbone, fc, clip, num_seg)
-    np.savez(os.path.join(out_dir, "reference.npz"), clip=clip, logits=logits)
+    logits, features = paddle_tsm_logits(backbone, fc, clip, num_seg)
+    np.savez(os.path.join(out_dir, "reference.npz"), clip=clip, logits=logits, features=features)
 
     # What PaddleVideo's trainer writes: paddle.save(model.state_dict()) of the recognizer.
     state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}

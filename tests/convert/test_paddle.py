@@ -9,6 +9,7 @@ import pickle
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 
@@ -32,7 +33,7 @@ def reference(tmp_path_factory):
     saved = np.load(folder / "reference.npz")
     files = {style: str(folder / f"{style}.pdparams")
              for style in ("structured", "structured_no_prefix", "parameter_names", "backbone_only")}
-    return dict(clip=saved["clip"], logits=saved["logits"], files=files,
+    return dict(clip=saved["clip"], logits=saved["logits"], features=saved["features"], files=files,
                 params=read_pdparams(files["parameter_names"]))
 
 
@@ -137,3 +138,65 @@ def test_parity_check_sees_the_shift_direction(reference):
     assign_converted(model, convert_paddle_state(reference["params"]), strict_build=False)
     delta = float(np.max(np.abs(keras_logits(model, reference["clip"]) - reference["logits"])))
     assert delta > 1e-2 * float(np.max(np.abs(reference["logits"])))
+
+
+def _ucf101_recipe(**changes):
+    """flags/tsm_ucf101_frames.flags as `python app.py` parses it."""
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, repo)
+    import app
+    from tsm_keras.config import config_from_flags
+
+    app.F.unparse_flags()
+    app.F(["app.py", f"--flagfile={repo}/flags/tsm_ucf101_frames.flags"])
+    return config_from_flags(app.F).replace(**changes)
+
+
+@pytest.mark.parametrize("convention", ["auto", "tsm"])
+def test_fine_tuning_the_ucf101_recipe_from_pdparams_keeps_paddles_shift(reference, convention):
+    """`--convention=auto` (the default) takes the .pdparams' shift: before any step, the model training builds
+    gives PaddleVideo's own ResNetTSM features on the same frames. Forcing the official shift does not."""
+    from tsm_keras.convert import init_from_pretrained
+    from tsm_keras.layers import IMAGENET_MEAN, IMAGENET_STD
+    from tsm_keras.loading import resolve_convention
+    from tsm_keras.models import build_tsm
+
+    config = _ucf101_recipe(pretrained=reference["files"]["structured"], image_size=SIZE, convention=convention)
+    assert (config.convention, config.num_classes, config.num_segments) == (convention, 101, NUM_SEG)
+    resolved, _ = resolve_convention(config)
+    assert resolved == ("paddle" if convention == "auto" else "tsm")
+    config = config.replace(convention=resolved)
+    # What train() builds and loads: the pipeline's raw 0-255 frames, the 101-class head left new.
+    model = build_tsm(**config.model_kwargs(normalize_input=True))
+    init_from_pretrained(model, config.pretrained)
+    features = keras.Model(model.input, model.get_layer("avg_pool").output)
+    normalized = np.transpose(reference["clip"], (0, 1, 3, 4, 2))  # what PaddleVideo's backbone was fed
+    raw = normalized * np.array(IMAGENET_STD, np.float32) + np.array(IMAGENET_MEAN, np.float32)
+    got = np.asarray(features(raw))
+    want = reference["features"]
+    relative = float(np.max(np.abs(got - want))) / float(np.max(np.abs(want)))
+    print(f"fine-tune features, --convention={convention}: max relative difference {relative:.3g}")
+    if convention == "auto":
+        assert relative <= 1e-4
+    else:
+        assert relative > 1e-2
+
+
+def test_training_records_the_resolved_convention(reference, tmp_path, capsys):
+    """`--mode=train --pretrained=X.pdparams`: the first lines say the convention and why; config.json keeps
+    "paddle", so eval/export rebuild the same shift."""
+    import json
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "training"))
+    import fake_data
+    from tsm_keras.config import Config
+    from tsm_keras.training.loop import train
+
+    config = Config(model_dir=str(tmp_path / "run"), num_classes=len(fake_data.CLASSES), num_segments=NUM_SEG,
+                    image_size=32, batch_size=2, epochs=1, steps_per_epoch=1, validate=False,
+                    pretrained=reference["files"]["structured"], precision="float32")
+    train(config, data=fake_data, stop_after_steps=1)
+    assert f"convention: paddle (the convention of {config.pretrained})" in capsys.readouterr().out
+    with open(tmp_path / "run" / "config.json") as f:
+        assert json.load(f)["convention"] == "paddle"
+
