@@ -12,7 +12,7 @@ from typing import List, Optional
 # The fields that describe the trained network (what `build_tsm` takes from a Config): a run's saved
 # config.json decides them at eval/export/predict, and a resume must not change them.
 MODEL_FIELDS = ("backbone", "num_classes", "num_segments", "shift", "shift_div", "shift_place", "convention",
-                "dropout")
+                "dropout", "stride_in_1x1", "input_convention")
 
 
 @dataclasses.dataclass
@@ -53,6 +53,10 @@ class Config:
     # Shift direction convention: tsm (official code) | paddle (PaddleVideo) | auto (the --pretrained /
     # --weights file's own, else tsm; training records the resolved one in config.json).
     convention: str = "auto"
+    # The layout the --pretrained weights need (not flags: training takes them from the file; e.g.
+    # keras.applications ResNets: the stride in the 1x1 conv, Caffe's BGR mean-subtracted input).
+    stride_in_1x1: bool = False
+    input_convention: str = "imagenet"
     dropout: float = 0.5
     pretrained: str = ""
     weights: str = ""

@@ -64,31 +64,50 @@ def label_names_for(config, model_dir=None):
     return [str(i) for i in range(num_classes)]
 
 
-def weights_convention(path):
-    """The shift convention the weights at `path` were trained with, or None when the file does not
-    say (a backbone without shifts, e.g. ImageNet weights): a run folder or a run's weights -> its
-    config.json; `.pdparams` -> "paddle"; `.pth` -> "tsm"; this project's `.keras` / converted
-    `.weights.h5` -> the model's own."""
+# What a file's weights need of the network beyond the flags (training builds it that way).
+LAYOUT_FIELDS = ("convention", "stride_in_1x1", "input_convention")
+
+
+def weights_layout(path):
+    """`{field: value}` of LAYOUT_FIELDS that the weights at `path` were trained with (a field the
+    file does not determine is left out: a backbone without shifts carries no convention). A run folder
+    or a run's weights -> its config.json; `.pdparams` -> the paddle convention; `.pth` -> tsm;
+    keras.applications -> the Caffe layout; this project's `.keras` / converted `.weights.h5` -> theirs."""
     import os
 
     from tsm_keras.config import Config
 
     model_dir = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     if runs.is_run_folder(model_dir) and (os.path.isdir(path) or path.endswith(".weights.h5")):
-        return Config.load(os.path.join(model_dir, runs.CONFIG_FILE)).convention
+        saved = Config.load(os.path.join(model_dir, runs.CONFIG_FILE))
+        return {field: getattr(saved, field) for field in LAYOUT_FIELDS}
     from tsm_keras.convert import source_build_kwargs
 
-    return source_build_kwargs(path).get("convention")
+    build = source_build_kwargs(path)
+    return {field: build[field] for field in LAYOUT_FIELDS if field in build}
+
+
+def resolve_layout(config, source=None):
+    """`(config with the LAYOUT_FIELDS the network is built with, reason)` for training: the shift
+    convention as `--convention` says or, under auto, the weights' (`source`, default `--pretrained`),
+    else "tsm"; the stride placement and input convention the weights need."""
+    source = source or config.pretrained
+    layout = weights_layout(source) if source else {}
+    if config.convention != "auto":
+        convention, why = config.convention, "--convention"
+    elif layout.get("convention") in ("tsm", "paddle"):
+        convention, why = layout["convention"], f"the convention of {source}"
+    else:
+        convention, why = "tsm", "the official code's (no weights that carry one)"
+    changes = dict(convention=convention, stride_in_1x1=bool(layout.get("stride_in_1x1", config.stride_in_1x1)),
+                   input_convention=layout.get("input_convention", config.input_convention))
+    if changes["stride_in_1x1"] or changes["input_convention"] != "imagenet":
+        why += (f"; layout of {source}: stride_in_1x1={changes['stride_in_1x1']}, "
+                f"input_convention={changes['input_convention']}")
+    return config.replace(**changes), why
 
 
 def resolve_convention(config, source=None):
-    """`(convention, reason)` for `--convention`: as given, else the weights' (`source`, default
-    `--pretrained`), else "tsm"."""
-    if config.convention != "auto":
-        return config.convention, "--convention"
-    source = source or config.pretrained
-    if source:
-        convention = weights_convention(source)
-        if convention:
-            return convention, f"the convention of {source}"
-    return "tsm", "the official code's (no weights that carry one)"
+    """`(convention, reason)`: `resolve_layout`'s shift convention."""
+    resolved, why = resolve_layout(config, source)
+    return resolved.convention, why

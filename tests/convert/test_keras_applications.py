@@ -120,3 +120,37 @@ def test_caffe_input_convention_with_raw_frames(resnet50_notop, tmp_path):
     want = np.asarray(app_model(keras.applications.resnet50.preprocess_input(raw.copy()), training=False))
     got = _pooled_features(model, raw)
     assert float(np.max(np.abs(got - want))) <= 1e-4 * float(np.max(np.abs(want)))
+
+
+def test_app_train_pretrained_on_keras_applications_h5_builds_the_caffe_layout(resnet50_notop, tmp_path):
+    """`python app.py --mode=train --pretrained=<keras.applications ResNet50 .h5>`: training builds the layout
+    the weights need (stride in the first 1x1, Caffe input), starts from them, and the run folder rebuilds it."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tsm_keras.config import Config
+    from tsm_keras.loading import load_trained
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    app_model = resnet50_notop[0]
+    path = str(tmp_path / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")
+    write_like_keras_download(app_model, path)
+    run = str(tmp_path / "run")
+    # lr 0: the step leaves the kernels as loaded (BatchNorm statistics still move).
+    command = [sys.executable, os.path.join(root, "app.py"), "--mode=train", f"--model_dir={run}",
+               "--data_format=synthetic", f"--data_root={tmp_path / 'synthetic'}", "--num_classes=8",
+               "--backbone=resnet50", "--num_segments=2", "--image_size=40", "--scale_size=40", "--batch_size=2",
+               "--epochs=1", "--steps_per_epoch=1", "--novalidate", "--lr=0", "--lr_values=0",
+               "--lr_boundaries=", "--precision=float32", f"--pretrained={path}"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "stride_in_1x1=True, input_convention=caffe" in done.stdout
+    with open(os.path.join(run, "config.json")) as f:
+        saved = json.load(f)
+    assert (saved["stride_in_1x1"], saved["input_convention"], saved["convention"]) == (True, "caffe", "tsm")
+    model, _, _ = load_trained(Config(weights=run))
+    assert model.stride_in_1x1 and model.input_convention == "caffe"
+    np.testing.assert_array_equal(model.get_layer("res2a_branch2a").get_weights()[0],
+                                  app_model.get_layer("conv2_block1_1_conv").get_weights()[0])

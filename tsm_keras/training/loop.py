@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from tsm_keras import runs
-from tsm_keras.loading import resolve_convention
+from tsm_keras.loading import resolve_layout
 from tsm_keras.evaluation import Evaluator, write_reports
 from tsm_keras.training.logging import Progress, append_metrics, format_record, write_scalar
 
@@ -64,10 +64,10 @@ def train(config, *, data=None, stop_after_steps=None):
         raise ValueError(f"--batch_size={global_batch} (global) must be divisible by the {replicas} replicas.")
 
     # The shift convention goes with the weights: fine-tuning PaddleVideo weights keeps Paddle's shift.
-    convention, why = resolve_convention(config)
-    config = config.replace(convention=convention)
+    # Likewise the stride placement and input normalization keras.applications weights need.
+    config, why = resolve_layout(config)
     if chief:
-        print(f"convention: {convention} ({why})", flush=True)
+        print(f"convention: {config.convention} ({why})", flush=True)
     label_names = list(data.load_label_names(config))
     if len(label_names) != config.num_classes:
         raise ValueError(f"the label map has {len(label_names)} classes but --num_classes={config.num_classes}.")
