@@ -40,6 +40,10 @@ flags.DEFINE_string("tfrecord_dir", "tfrecords", "TFRecord shards folder.")
 flags.DEFINE_boolean("flip", True, "Random horizontal flip in training (--noflip for direction-aware classes).")
 flags.DEFINE_integer("test_clips", 1, "Clips per video at evaluation.")
 flags.DEFINE_integer("test_crops", 1, "Spatial crops per clip at evaluation (1 centre or 3).")
+flags.DEFINE_enum("sampling", "uniform", ["uniform", "dense"], "Frame sampling: uniform (TSN: one frame per "
+                  "segment; MMAction2 1x1xT) or dense (T frames --dense_interval apart in one window; 8x8x1; at "
+                  "evaluation --test_clips windows spread over the video, 10 in the references).")
+flags.DEFINE_integer("dense_interval", 0, "Dense sampling: frames between samples (0 = 64 // num_segments).")
 flags.DEFINE_integer("short_side", 0, "prepare/tfrecords: resize frames to this short side (0 keeps them).")
 flags.DEFINE_integer("tfrecord_videos_per_shard", 64, "tfrecords: videos per TFRecord shard.")
 flags.DEFINE_integer("data_workers", 0, "prepare/tfrecords: worker processes (0 = all cores).")

@@ -201,3 +201,42 @@ def test_frames_read_in_groups_keep_order_and_counts_across_group_edges(media, m
     for clips, labels, dropped in results:
         assert labels == expected_labels and dropped == 2
         np.testing.assert_array_equal(clips, results[0][0])
+
+
+def test_dense_sampling_through_build_dataset_gives_the_hand_computed_frames(media):
+    """`--sampling=dense` (T=4: 64 // 4 = 16 frames apart in a 64-frame window) on a 100-frame video:
+    3 test clips start at linspace(0, 100 - 64, 3) = 0, 18, 36; training windows start in [0, 36)."""
+    write_frames(str(media / "frames" / "long"), 100)
+    (media / "long.txt").write_text("frames/long 100 1\n")
+    config = _config(data_format="frames", data_root=str(media), val_list=str(media / "long.txt"),
+                     train_list=str(media / "long.txt"), sampling="dense", test_clips=3, image_size=48,
+                     scale_size=48, batch_size=1)
+    clips, _ = _take_all(build_dataset(config, "val"))
+    assert clips.shape == (1, 3, 4, 48, 48, 3)
+    got = [[frame_index(np.pad(f, ((0, 0), (8, 8), (0, 0)), mode="edge")) for f in clip] for clip in clips[0]]
+    assert got == [[0, 16, 32, 48], [18, 34, 50, 66], [36, 52, 68, 84]]
+    # Another interval: 5 frames apart, one clip from the first window.
+    clips, _ = _take_all(build_dataset(config.replace(dense_interval=5, test_clips=1), "val"))
+    assert [frame_index(np.pad(f, ((0, 0), (8, 8), (0, 0)), mode="edge")) for f in clips[0]] == [0, 5, 10, 15]
+    # Training: uniform grey frames (value 8 * i + 4 for frame i < 32) read the same through any crop.
+    import cv2
+
+    folder = media / "frames" / "grey"
+    folder.mkdir()
+    for i in range(30):
+        cv2.imwrite(str(folder / f"img_{i + 1:05d}.jpg"), np.full((40, 48, 3), 8 * i + 4, np.uint8))
+    (media / "grey.txt").write_text("frames/grey 30 0\n")
+    starts = set()
+    for seed in range(8):
+        train = config.replace(train_list=str(media / "grey.txt"), dense_interval=3, image_size=32, seed=seed)
+        clip = next(iter(build_dataset(train, "train", batch_size=0)))[0].numpy()
+        indices = [int(round((float(np.median(frame)) - 4) / 8)) for frame in clip]
+        # 4 frames 3 apart from a window of 12: starts in [0, 30 - 12) (the references' randint(0, 18)).
+        assert [b - a for a, b in zip(indices, indices[1:])] == [3, 3, 3] and 0 <= indices[0] < 18, indices
+        starts.add(indices[0])
+    assert len(starts) > 1
+
+
+def test_unknown_sampling_is_refused(media):
+    with pytest.raises(ValueError, match="sampling must be one of"):
+        build_dataset(_config(data_format="frames", data_root=str(media), val_list="x.txt", sampling="tsn"), "val")

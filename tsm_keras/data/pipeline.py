@@ -15,7 +15,7 @@ composes them with the clip transforms (`tsm_keras.data.clips`) into one tf.data
 import numpy as np
 import tensorflow as tf
 
-from tsm_keras.data import lists, tfrecord_format
+from tsm_keras.data import lists, sampling, tfrecord_format
 from tsm_keras.data.bad_samples import BAD_SAMPLES, placeholder_jpeg
 from tsm_keras.data.clips import eval_clip, train_clip_from_frames, train_clip_from_jpegs
 from tsm_keras.data.readers import tfrecord as tfrecord_reader
@@ -153,6 +153,7 @@ def build_dataset(config, split, *, batch_size=None, shuffle=None, repeat=False,
     num_clips, num_crops = _views(config, training)
     size = num_segments * num_clips
     policy = config.on_bad_sample
+    plan = sampling.clip_planner(num_segments, training, num_clips, config.sampling, config.dense_interval)
 
     indexes = None
     if config.data_format == "tfrecord":
@@ -211,10 +212,10 @@ def build_dataset(config, split, *, batch_size=None, shuffle=None, repeat=False,
     # Formats whose Python side only reads JPEG bytes: (reader, (element, rand) -> (reader inputs, label)).
     read_group = None
     if indexes is not None:
-        reader = tfrecord_reader.indexed_reader(indexes, table, num_segments, training, num_clips, policy)
+        reader = tfrecord_reader.indexed_reader(indexes, table, plan, size, policy)
         read_group = (reader, lambda element, rand: ([element[0], rand], element[1]))
     elif config.data_format == "tfrecord":
-        planner = tfrecord_reader.index_planner(num_segments, training, num_clips, policy)
+        planner = tfrecord_reader.index_planner(plan, size, policy)
 
         def select(serialized, rand):
             """Whole video record -> the JPEGs of the sampled frames (small, so shuffling them is cheap)."""
@@ -232,10 +233,10 @@ def build_dataset(config, split, *, batch_size=None, shuffle=None, repeat=False,
             dataset = dataset.shuffle(TFRECORD_SHUFFLE_BUFFER, seed=seed + 1, reshuffle_each_iteration=True)
         load = _from_jpegs
     elif config.data_format == "frames":
-        reader = frames_reader(config.frame_template, num_segments, training, num_clips, policy)
+        reader = frames_reader(config.frame_template, plan, size, policy)
         read_group = (reader, lambda element, rand: ([element[0], element[1], rand], element[2]))
     elif config.data_format == "videos":
-        reader = video_reader(num_segments, training, num_clips, policy)
+        reader = video_reader(plan, size, policy)
 
         def load(element, rand):
             path, _, label = element

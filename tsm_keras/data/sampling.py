@@ -45,17 +45,21 @@ def sample_test_clips(num_frames, num_segments, num_clips):
     return np.asarray(clips, dtype=np.int64)
 
 
-def sample_dense_indices(num_frames, num_segments, training, rng=None, num_clips=DENSE_TEST_CLIPS):
-    """ppTSM dense sampling: T frames with stride 64 // T from a 64-frame window, wrapping short videos.
+def sample_dense_indices(num_frames, num_segments, training, rng=None, num_clips=DENSE_TEST_CLIPS, interval=None):
+    """Dense sampling: T frames `interval` apart (default 64 // T: a 64-frame window) from one window,
+    wrapping short videos (the official TSM `dense_sample`, PaddleVideo `Sampler(dense_sample=True)`,
+    MMAction2 `SampleFrames(clip_len=T, frame_interval=interval)`).
 
     Returns [num_segments] indices when training (random window start), else [num_clips, num_segments]
-    with window starts `linspace(0, n - 64, num_clips)` as PaddleVideo's `Sampler(dense_sample=True)`.
+    with window starts `linspace(0, n - window, num_clips)`.
     """
     n, t = int(num_frames), int(num_segments)
     if n <= 0:
         raise ValueError(f"cannot sample a clip from a video with {n} frames")
-    sample_positions = max(1, 1 + n - DENSE_WINDOW)
-    stride = DENSE_WINDOW // t
+    stride = int(interval) if interval else DENSE_WINDOW // t
+    if stride < 1:
+        raise ValueError(f"dense sampling needs a frame interval >= 1, got {interval!r}")
+    sample_positions = max(1, 1 + n - stride * t)
     if training:
         rng = rng if rng is not None else np.random.default_rng()
         start = 0 if sample_positions == 1 else int(rng.integers(0, sample_positions - 1))
@@ -64,9 +68,24 @@ def sample_dense_indices(num_frames, num_segments, training, rng=None, num_clips
     return np.stack([(np.arange(t, dtype=np.int64) * stride + s) % n for s in starts])
 
 
-def plan_indices(num_frames, num_segments, training, num_clips, rand):
-    """Frame indices of one tf.data element: `[T]` when training (random per segment, drawn from the
-    element's random int64 `rand`), `[num_clips, T]` segment centres otherwise."""
-    if training:
-        return sample_segment_indices(num_frames, num_segments, True, np.random.default_rng(int(rand) % (2 ** 63)))
-    return sample_test_clips(num_frames, num_segments, num_clips)
+SAMPLINGS = ("uniform", "dense")
+
+
+def clip_planner(num_segments, training, num_clips, sampling="uniform", dense_interval=0):
+    """`plan(num_frames, rand) -> [num_clips * num_segments] int64 indices` of one tf.data element.
+
+    `sampling`: "uniform" (TSN segments: random per segment in training, centres at test) or "dense"
+    (`sample_dense_indices`, `dense_interval` frames apart, 0 = 64 // T). Training draws from the
+    element's random int64 `rand`, so a seed gives the same clips."""
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+
+    def plan(num_frames, rand):
+        rng = np.random.default_rng(int(rand) % (2 ** 63))
+        if sampling == "dense":
+            return sample_dense_indices(num_frames, num_segments, training, rng, num_clips, dense_interval).reshape(-1)
+        if training:
+            return sample_segment_indices(num_frames, num_segments, True, rng)
+        return sample_test_clips(num_frames, num_segments, num_clips).reshape(-1)
+
+    return plan

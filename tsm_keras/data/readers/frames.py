@@ -4,12 +4,10 @@ import numpy as np
 
 from tsm_keras.data import decode
 from tsm_keras.data.bad_samples import BadSampleError, as_bad_sample, placeholder_jpeg, skip_or_raise
-from tsm_keras.data.sampling import plan_indices
 
 
-def frames_reader(template, num_segments, training, num_clips, policy):
+def frames_reader(template, plan, size, policy):
     """Python side of the frames format: sample indices, read the JPEG bytes (decoding stays in TF)."""
-    size = num_segments * num_clips
 
     def read(frame_dir, num_frames, rand):
         frame_dir = frame_dir.decode("utf-8")
@@ -19,7 +17,7 @@ def frames_reader(template, num_segments, training, num_clips, policy):
                 num_frames = decode.count_frame_files(frame_dir, template)
                 if num_frames <= 0:
                     raise BadSampleError(frame_dir, "frame folder missing or empty")
-            indices = plan_indices(num_frames, num_segments, training, num_clips, rand).reshape(-1)
+            indices = plan(num_frames, rand)
             paths = [decode.frame_path(frame_dir, template, i) for i in indices]
             try:
                 data = decode.read_jpeg_files(paths)
@@ -28,7 +26,7 @@ def frames_reader(template, num_segments, training, num_clips, policy):
                 true_count = decode.count_frame_files(frame_dir, template)
                 if true_count <= 0 or true_count >= num_frames:
                     raise
-                indices = plan_indices(true_count, num_segments, training, num_clips, rand).reshape(-1)
+                indices = plan(true_count, rand)
                 data = decode.read_jpeg_files([decode.frame_path(frame_dir, template, i) for i in indices])
             return np.array(data, dtype=object), np.bool_(True)
         except Exception as error:  # any failure on one sample is that sample's, never the epoch's

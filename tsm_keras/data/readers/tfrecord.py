@@ -14,22 +14,20 @@ import numpy as np
 import tensorflow as tf
 
 from tsm_keras.data.bad_samples import BadSampleError, as_bad_sample, placeholder_jpeg, skip_or_raise
-from tsm_keras.data.sampling import plan_indices
 from tsm_keras.data.tfrecord_format import index_path, read_index
 
 log = logging.getLogger(__name__)
 
 
-def index_planner(num_segments, training, num_clips, policy):
+def index_planner(plan_clip, size, policy):
     """Python side of the TFRecord format: indices into the stored frames."""
-    size = num_segments * num_clips
 
     def plan(num_frames, path, rand):
         num_frames = int(num_frames)
         if num_frames <= 0:
             skip_or_raise(BadSampleError(path.decode("utf-8"), "TFRecord element has no frames"), policy)
             return np.full([size], -1, np.int64), np.bool_(False)
-        return plan_indices(num_frames, num_segments, training, num_clips, rand).reshape(-1), np.bool_(True)
+        return plan_clip(num_frames, rand), np.bool_(True)
 
     return plan
 
@@ -167,9 +165,8 @@ def video_table(indexes):
     return np.concatenate([np.asarray(i["videos"], np.int64).reshape(-1, 3) for _, _, i in indexes])
 
 
-def indexed_reader(indexes, table, num_segments, training, num_clips, policy):
+def indexed_reader(indexes, table, plan, size, policy):
     """Python side of indexed TFRecords: plan the frames of video `video`, read their JPEG bytes."""
-    size = num_segments * num_clips
     shard_of = np.concatenate([np.full(len(i["videos"]), s, np.int64) for s, (_, _, i) in enumerate(indexes)])
     first, counts = table[:, 0], table[:, 1]
     keys = [key for key, _, _ in indexes]
@@ -186,7 +183,7 @@ def indexed_reader(indexes, table, num_segments, training, num_clips, policy):
             num_frames = int(counts[video])
             if num_frames <= 0:
                 raise BadSampleError(name(video), "TFRecord element has no frames")
-            indices = plan_indices(num_frames, num_segments, training, num_clips, rand).reshape(-1)
+            indices = plan(num_frames, rand)
             shard = int(shard_of[video])
             ranges = np.asarray(offsets[shard][first[video] + indices])
             key = keys[shard]

@@ -4,19 +4,17 @@ import numpy as np
 
 from tsm_keras.data import decode
 from tsm_keras.data.bad_samples import BadSampleError, as_bad_sample, skip_or_raise
-from tsm_keras.data.sampling import plan_indices
 
 
-def video_reader(num_segments, training, num_clips, policy):
+def video_reader(plan, size, policy):
     """Python side of the videos format: OpenCV decodes only the sampled frames."""
-    size = num_segments * num_clips
 
     def read(path, rand):
         path = path.decode("utf-8")
         rng_seed = int(rand)
         try:
             frames, _ = decode.decode_video(
-                path, lambda n: plan_indices(n, num_segments, training, num_clips, rng_seed).reshape(-1))
+                path, lambda n: plan(n, rng_seed))
             return frames, np.bool_(True)
         except Exception as error:  # e.g. frames changing size mid-stream, an OpenCV error
             skip_or_raise(as_bad_sample(error, path), policy)
