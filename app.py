@@ -43,6 +43,8 @@ flags.DEFINE_integer("test_crops", 1, "Spatial crops per clip at evaluation (1 c
 flags.DEFINE_enum("sampling", "uniform", ["uniform", "dense"], "Frame sampling: uniform (TSN: one frame per "
                   "segment; MMAction2 1x1xT) or dense (T frames --dense_interval apart in one window; 8x8x1; at "
                   "evaluation --test_clips windows spread over the video, 10 in the references).")
+flags.DEFINE_integer("eval_batch_size", 0, "Videos per batch in validation and --mode=eval (0 = as many as "
+                     "--batch_size allows within 1 GiB of decoded views: 29 videos at 10 clips x 3 crops x 8 x 224^2).")
 flags.DEFINE_integer("dense_interval", 0, "Dense sampling: frames between samples (0 = 64 // num_segments).")
 flags.DEFINE_integer("short_side", 0, "prepare/tfrecords: resize frames to this short side (0 keeps them).")
 flags.DEFINE_integer("tfrecord_videos_per_shard", 64, "tfrecords: videos per TFRecord shard.")

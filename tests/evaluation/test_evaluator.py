@@ -94,3 +94,33 @@ def test_reports(tmp_path):
     # Many classes still render (no names when cells are tiny).
     big = compute_metrics(np.eye(400)[np.arange(400)], np.arange(400), 400)
     assert cv2.imread(write_reports(str(tmp_path / "big"), big, [f"class {i}" for i in range(400)])["png"]) is not None
+
+
+def test_eval_batch_size_default_fits_the_budget_and_keeps_replicas_even():
+    from tsm_keras.config import Config
+    from tsm_keras.evaluation.evaluator import EVAL_BATCH_BYTES, eval_batch_size
+
+    k400 = Config(batch_size=128, num_segments=8, image_size=224, test_clips=10, test_crops=3)
+    videos = eval_batch_size(k400)
+    assert videos == EVAL_BATCH_BYTES // (30 * 8 * 224 * 224 * 3) == 29
+    assert eval_batch_size(k400.replace(test_clips=1, test_crops=1)) == 128  # the training batch fits
+    assert eval_batch_size(k400.replace(eval_batch_size=7)) == 7
+    assert eval_batch_size(k400.replace(batch_size=3, num_segments=2, image_size=32), replicas=2) == 4
+
+
+def test_evaluator_metrics_do_not_depend_on_the_eval_batch(tiny_tsm):
+    """The same metrics whatever --eval_batch_size (batches of 1, 4 and a partial last one of 13 videos)."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "training"))
+    import fake_data
+    from tsm_keras.config import Config
+    from tsm_keras.evaluation import Evaluator
+
+    config = Config(num_classes=3, num_segments=2, image_size=32, batch_size=16)
+    results = [Evaluator(tiny_tsm, config.replace(eval_batch_size=b), fake_data).run() for b in (0, 1, 4)]
+    for metrics in results[1:]:
+        assert metrics["num_samples"] == results[0]["num_samples"]
+        assert metrics["top1"] == results[0]["top1"] and metrics["top5"] == results[0]["top5"]
+        np.testing.assert_array_equal(metrics["confusion"], results[0]["confusion"])

@@ -37,6 +37,22 @@ def _inference_function(model):
     return forward
 
 
+# Decoded views one evaluation batch may hold (uint8 [videos, views, T, S, S, 3]): the default number of
+# videos per batch keeps below it, so many views do not multiply the memory of a training-sized batch.
+EVAL_BATCH_BYTES = 1 << 30
+
+
+def eval_batch_size(config, replicas=1):
+    """Videos per evaluation batch: `config.eval_batch_size`, or (0) `config.batch_size` capped so that
+    its views fit EVAL_BATCH_BYTES; a multiple of `replicas` (every replica gets a share)."""
+    videos = int(config.eval_batch_size or 0)
+    if videos <= 0:
+        views = max(1, int(config.test_clips)) * max(1, int(config.test_crops))
+        per_video = views * int(config.num_segments) * int(config.image_size) ** 2 * 3
+        videos = max(1, min(int(config.batch_size), EVAL_BATCH_BYTES // per_video))
+    return -(-videos // replicas) * replicas
+
+
 # Clips per forward pass at evaluation. A batch of videos x views in one call grows with the views:
 # K400's 10 clips x 3 crops at batch 128 would be 3,840 clips of 8 x 224^2 frames in one forward.
 MAX_CLIPS_PER_FORWARD = 32
@@ -89,7 +105,7 @@ class Evaluator:
             return self.distributed()
         dataset = self.dataset
         if dataset is None:
-            dataset = self.data.build_dataset(self.config, self.split, batch_size=self.config.batch_size,
+            dataset = self.data.build_dataset(self.config, self.split, batch_size=eval_batch_size(self.config),
                                               shuffle=False)
         logits, labels = predict_dataset(self.model, dataset)
         return compute_metrics(logits, labels, self.config.num_classes)
@@ -101,14 +117,14 @@ def distributed_metrics_function(strategy, model, data, config, split="val"):
     top-5 hits (mean logits over a video's views), and the sums over all replicas give the metrics of the
     whole list (the same as one device's, which would leave the other devices and workers idle).
 
-    `config.batch_size` is the global batch. Workers with fewer batches get empty ones: tf.distribute
+    `eval_batch_size(config, replicas)` is the global batch. Workers with fewer batches get empty ones: tf.distribute
     makes them all take the same steps.
     """
     import tensorflow as tf
 
     num_classes = int(config.num_classes)
     k = min(5, num_classes)
-    global_batch = int(config.batch_size)
+    global_batch = eval_batch_size(config, strategy.num_replicas_in_sync)
 
     def dataset_fn(context):
         return data.build_dataset(config, split, batch_size=context.get_per_replica_batch_size(global_batch),
@@ -175,9 +191,7 @@ def evaluate(config, *, dataset=None, data=None):
     if distributed:
         with strategy.scope():
             model, run_config, label_names = load_trained(config)
-        replicas = strategy.num_replicas_in_sync
-        batch = -(-int(run_config.batch_size) // replicas) * replicas  # a multiple of the replicas
-        metrics = Evaluator(model, run_config.replace(batch_size=batch), data, strategy=strategy).run()
+        metrics = Evaluator(model, run_config, data, strategy=strategy).run()
     else:
         model, run_config, label_names = load_trained(config)
         metrics = Evaluator(model, run_config, data, dataset=dataset).run()
