@@ -37,6 +37,9 @@ flags.DEFINE_integer("scale_size", 256, "Short side before the centre crop at ev
 flags.DEFINE_string("frame_template", "img_{:05d}.jpg", "Frame file name template (1-based index).")
 flags.DEFINE_enum("on_bad_sample", "skip", ["skip", "fail"], "Unreadable video/frame: skip (counted) or fail.")
 flags.DEFINE_string("tfrecord_dir", "tfrecords", "TFRecord shards folder.")
+flags.DEFINE_boolean("allow_duplication", True, "MultiScaleCrop offers all 13 offsets, those coinciding when "
+                     "there is no free space too (every PaddleVideo TSM yaml; --noallow_duplication: the class "
+                     "default, duplicates dropped).")
 flags.DEFINE_boolean("flip", True, "Random horizontal flip in training (--noflip for direction-aware classes).")
 flags.DEFINE_integer("test_clips", 1, "Clips per video at evaluation.")
 flags.DEFINE_integer("test_crops", 1, "Spatial crops per clip at evaluation (1 centre or 3).")

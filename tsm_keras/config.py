@@ -34,6 +34,7 @@ class Config:
     on_bad_sample: str = "skip"  # skip | fail
     tfrecord_dir: str = "tfrecords"
     flip: bool = True
+    allow_duplication: bool = True  # MultiScaleCrop: all 13 offsets, as every TSM yaml (tsm_keras.data.augment)
     test_clips: int = 1
     test_crops: int = 1
     sampling: str = "uniform"  # uniform (TSN segments) | dense (T frames dense_interval apart, one window)

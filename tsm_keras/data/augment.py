@@ -17,6 +17,10 @@ from tsm_keras.layers import IMAGENET_MEAN, IMAGENET_STD
 
 MULTI_SCALE_CROP_SCALES = (1.0, 0.875, 0.75, 0.66)
 MAX_DISTORT = 1
+# Every TSM yaml of PaddleVideo sets `allow_duplication: True` (the official code always offers all 13
+# offsets): an offset that coincides with another (no free space along an axis) stays a candidate, so
+# it is drawn more often. PaddleVideo's class default is False (duplicates dropped).
+ALLOW_DUPLICATION = True
 # Crop sizes this close to the output size snap to it (PaddleVideo: `abs(x - input_size) < 3`).
 SNAP_PIXELS = 3
 # The 13 fixed offsets in quarters of the free space (w_step, h_step), in PaddleVideo's order:
@@ -31,8 +35,11 @@ def _crop_pairs(num_scales, max_distort):
 
 
 def multi_scale_crop_window(height, width, image_size, seed, scales=MULTI_SCALE_CROP_SCALES,
-                            max_distort=MAX_DISTORT):
-    """Random MultiScaleCrop window for a frame of `height` x `width`: int32 (top, left, crop_h, crop_w)."""
+                            max_distort=MAX_DISTORT, allow_duplication=ALLOW_DUPLICATION):
+    """Random MultiScaleCrop window for a frame of `height` x `width`: int32 (top, left, crop_h, crop_w).
+
+    `allow_duplication`: all 13 offsets are candidates (the yamls, the official code); False: the
+    corners and the centre only where there is free space along their axes (PaddleVideo's default)."""
     height = tf.cast(height, tf.int32)
     width = tf.cast(width, tf.int32)
     base = tf.cast(tf.minimum(height, width), tf.float64)
@@ -50,6 +57,8 @@ def multi_scale_crop_window(height, width, image_size, seed, scales=MULTI_SCALE_
     w_free, h_free = tf.not_equal(w_step, 0.0), tf.not_equal(h_step, 0.0)
     valid = tf.stack([tf.constant(True), w_free, h_free, tf.logical_and(w_free, h_free),
                       tf.logical_or(w_free, h_free)] + [tf.constant(True)] * 8)
+    if allow_duplication:
+        valid = tf.ones([len(FIXED_OFFSETS)], tf.bool)
     # random.choice over the valid offsets: the k-th True of the mask.
     count = tf.reduce_sum(tf.cast(valid, tf.int32))
     k = tf.random.stateless_uniform([], seed=seed + [0, 1], maxval=count, dtype=tf.int32)
@@ -71,10 +80,12 @@ def resize_frames(frames, height, width):
     return tf.cast(tf.round(resized), tf.uint8)
 
 
-def multi_scale_crop(frames, image_size, seed, scales=MULTI_SCALE_CROP_SCALES, max_distort=MAX_DISTORT):
+def multi_scale_crop(frames, image_size, seed, scales=MULTI_SCALE_CROP_SCALES, max_distort=MAX_DISTORT,
+                     allow_duplication=ALLOW_DUPLICATION):
     """[T, H, W, 3] uint8 -> [T, image_size, image_size, 3] uint8: one MultiScaleCrop for all frames."""
     shape = tf.shape(frames)
-    top, left, crop_h, crop_w = multi_scale_crop_window(shape[1], shape[2], image_size, seed, scales, max_distort)
+    top, left, crop_h, crop_w = multi_scale_crop_window(shape[1], shape[2], image_size, seed, scales, max_distort,
+                                                        allow_duplication)
     crop = frames[:, top:top + crop_h, left:left + crop_w, :]
     return resize_frames(crop, image_size, image_size)
 

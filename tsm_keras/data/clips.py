@@ -13,17 +13,18 @@ from tsm_keras.data import augment, decode, sampling
 from tsm_keras.data.bad_samples import BadSampleError
 
 
-def train_clip_from_jpegs(jpegs, num_segments, image_size, flip, seed):
+def train_clip_from_jpegs(jpegs, num_segments, image_size, flip, seed, allow_duplication=augment.ALLOW_DUPLICATION):
     """[T] JPEG strings -> [T, S, S, 3] uint8: decode only the MultiScaleCrop window of each frame."""
     shape = tf.image.extract_jpeg_shape(jpegs[0])
-    window = tf.stack(augment.multi_scale_crop_window(shape[0], shape[1], image_size, seed))
+    window = tf.stack(augment.multi_scale_crop_window(shape[0], shape[1], image_size, seed,
+                                                      allow_duplication=allow_duplication))
     frames = tf.stack([tf.io.decode_and_crop_jpeg(jpegs[t], window, channels=3) for t in range(num_segments)])
     clip = augment.resize_frames(frames, image_size, image_size)
     return augment.random_flip(clip, seed) if flip else clip
 
 
-def train_clip_from_frames(frames, image_size, flip, seed):
-    clip = augment.multi_scale_crop(frames, image_size, seed)
+def train_clip_from_frames(frames, image_size, flip, seed, allow_duplication=augment.ALLOW_DUPLICATION):
+    clip = augment.multi_scale_crop(frames, image_size, seed, allow_duplication=allow_duplication)
     return augment.random_flip(clip, seed) if flip else clip
 
 
