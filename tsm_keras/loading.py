@@ -10,6 +10,8 @@ the model returned takes raw 0-255 RGB frames, as the data pipeline yields them.
 export and predict alike, so they read the same sources the same way.
 """
 
+import os
+
 from tsm_keras import runs
 
 
@@ -73,8 +75,6 @@ def weights_layout(path):
     file does not determine is left out: a backbone without shifts carries no convention). A run folder
     or a run's weights -> its config.json; `.pdparams` -> the paddle convention; `.pth` -> tsm;
     keras.applications -> the Caffe layout; this project's `.keras` / converted `.weights.h5` -> theirs."""
-    import os
-
     from tsm_keras.config import Config
 
     model_dir = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))

@@ -37,16 +37,19 @@ def _both(fn, *args):
 SIZES = [(256, 340, 224), (96, 128, 112), (128, 128, 112), (60, 100, 56)]
 
 # Runs in a subprocess: paddle (imported by PaddleVideo's augmentations.py) crashes when loaded after
-# TensorFlow in one process.
-_PADDLE_WINDOWS = r"""
+# TensorFlow in one process. For each [height, width, image_size, allow_duplication], PaddleVideo's own
+# MultiScaleCrop is made to enumerate every crop pair; each pair (uniform), then each offset of its candidate
+# list (uniform, duplicates counted), gives the exact probability of every window it can pick.
+_PADDLE_DISTRIBUTION = r"""
 import json, random, sys
+from collections import Counter
 sys.path.insert(0, sys.argv[1])
 from paddlevideo_pipelines import load_paddlevideo_pipelines
 from PIL import Image
 (augmentations,) = load_paddlevideo_pipelines(("augmentations",))
 result = {}
-for height, width, image_size in json.loads(sys.argv[2]):
-    windows, k, num_pairs = set(), 0, None
+for height, width, image_size, allow in json.loads(sys.argv[2]):
+    probability, k, num_pairs = Counter(), 0, None
     while num_pairs is None or k < num_pairs:
         calls = []
         class Recorder:
@@ -57,28 +60,38 @@ for height, width, image_size in json.loads(sys.argv[2]):
                 return options[k] if len(calls) == 1 else options[0]
             randint = staticmethod(random.randint)
         augmentations.random = Recorder
-        augmentations.MultiScaleCrop(image_size)({"imgs": [Image.new("RGB", (width, height))]})
+        augmentations.MultiScaleCrop(image_size, allow_duplication=allow)(
+            {"imgs": [Image.new("RGB", (width, height))]})
         pairs, offsets = calls
         num_pairs = len(pairs)
         crop_w, crop_h = pairs[k]
         # PIL rounds float crop boxes with round() (half to even).
-        windows |= {(round(h_off), round(w_off), crop_h, crop_w) for w_off, h_off in offsets}
+        for w_off, h_off in offsets:
+            probability[f"{round(h_off)},{round(w_off)},{crop_h},{crop_w}"] += 1.0 / num_pairs / len(offsets)
         k += 1
-    result[f"{height},{width},{image_size}"] = sorted(windows)
+    result[f"{height},{width},{image_size},{int(allow)}"] = probability
 print(json.dumps(result))
 """
 
 
-@pytest.fixture(scope="module")
-def paddle_windows():
-    """{(h, w, image_size): set of (top, left, crop_h, crop_w)} every PaddleVideo MultiScaleCrop can choose."""
+def paddle_distributions(cases):
+    """{(h, w, image_size, allow_duplication): {(top, left, crop_h, crop_w): probability}} from PaddleVideo."""
     benchmarks = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "benchmarks")
-    run = subprocess.run([sys.executable, "-c", _PADDLE_WINDOWS, benchmarks, json.dumps(SIZES)],
+    run = subprocess.run([sys.executable, "-c", _PADDLE_DISTRIBUTION, benchmarks, json.dumps(cases)],
                          capture_output=True, text=True, timeout=240)
     if run.returncode != 0 or not run.stdout.strip():
         pytest.skip(f"PaddleVideo pipelines unavailable: {run.stderr[-500:]}")
     result = json.loads(run.stdout.strip().splitlines()[-1])
-    return {tuple(int(v) for v in key.split(",")): {tuple(w) for w in windows} for key, windows in result.items()}
+    return {tuple(int(v) for v in key.split(",")[:3]) + (key.endswith(",1"),):
+            {tuple(int(v) for v in w.split(",")): p for w, p in windows.items()} for key, windows in result.items()}
+
+
+@pytest.fixture(scope="module")
+def paddle_windows():
+    """{(h, w, image_size): set of (top, left, crop_h, crop_w)} every PaddleVideo MultiScaleCrop (its class
+    default, allow_duplication=False) can choose."""
+    distributions = paddle_distributions([[h, w, size, False] for h, w, size in SIZES])
+    return {key[:3]: set(windows) for key, windows in distributions.items()}
 
 
 @pytest.mark.parametrize("height, width, image_size", SIZES)
@@ -177,45 +190,6 @@ def test_flip_left_right_keeps_static_shape_and_flips_any_rank():
     assert traced.get_concrete_function(spec).output_shapes.as_list() == [8, 224, 224, 3]
 
 
-_PADDLE_DISTRIBUTION = r"""
-import json, random, sys
-from collections import Counter
-sys.path.insert(0, sys.argv[1])
-from paddlevideo_pipelines import load_paddlevideo_pipelines
-from PIL import Image
-(augmentations,) = load_paddlevideo_pipelines(("augmentations",))
-height, width, image_size, allow = json.loads(sys.argv[2])
-probability, k, num_pairs = Counter(), 0, None
-while num_pairs is None or k < num_pairs:
-    calls = []
-    class Recorder:
-        @staticmethod
-        def choice(options):
-            calls.append(list(options))
-            return options[k] if len(calls) == 1 else options[0]
-        randint = staticmethod(random.randint)
-    augmentations.random = Recorder
-    augmentations.MultiScaleCrop(image_size, allow_duplication=allow)({"imgs": [Image.new("RGB", (width, height))]})
-    pairs, offsets = calls
-    num_pairs = len(pairs)
-    crop_w, crop_h = pairs[k]
-    for w_off, h_off in offsets:  # random.choice(pairs), then random.choice(offsets): uniform, duplicates count
-        probability[f"{round(h_off)},{round(w_off)},{crop_h},{crop_w}"] += 1.0 / num_pairs / len(offsets)
-    k += 1
-print(json.dumps(probability))
-"""
-
-
-def _paddle_distribution(height, width, image_size, allow_duplication):
-    benchmarks = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "benchmarks")
-    run = subprocess.run([sys.executable, "-c", _PADDLE_DISTRIBUTION, benchmarks,
-                          json.dumps([height, width, image_size, allow_duplication])],
-                         capture_output=True, text=True, timeout=240)
-    if run.returncode != 0 or not run.stdout.strip():
-        pytest.skip(f"PaddleVideo pipelines unavailable: {run.stderr[-500:]}")
-    return {tuple(int(v) for v in key.split(",")): p for key, p in json.loads(run.stdout.strip().splitlines()[-1]).items()}
-
-
 def _our_distribution(height, width, image_size, allow_duplication, draws=50000):
     seeds = tf.data.Dataset.range(draws).map(lambda s: tf.stack(augment.multi_scale_crop_window(
         height, width, image_size, tf.stack([s, tf.constant(11, tf.int64)]), allow_duplication=allow_duplication)))
@@ -231,8 +205,8 @@ def test_multi_scale_crop_window_distribution_matches_paddlevideo(allow_duplicat
     """Window frequencies over 50,000 draws against PaddleVideo's exact probabilities (each pair, then each
     offset of its candidate list, uniformly): 256 x 340 frames, where the 256 x 256 crops have no free height
     and duplication changes how often each offset comes. The other setting's distribution is farther off."""
-    want = _paddle_distribution(256, 340, 224, allow_duplication)
-    other = _paddle_distribution(256, 340, 224, not allow_duplication)
+    paddle = paddle_distributions([[256, 340, 224, allow_duplication], [256, 340, 224, not allow_duplication]])
+    want, other = paddle[(256, 340, 224, allow_duplication)], paddle[(256, 340, 224, not allow_duplication)]
     got = _our_distribution(256, 340, 224, allow_duplication)
     windows = set(want) | set(got)
     error = max(abs(got.get(w, 0.0) - want.get(w, 0.0)) for w in windows)

@@ -7,7 +7,6 @@ it); when the stream ends early the clip is planned again from the frames that r
 
 import logging
 import os
-import threading
 import time
 
 import cv2

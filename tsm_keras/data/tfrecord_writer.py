@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from tsm_keras.data import decode, lists
-from tsm_keras.data.tfrecord_format import (MANIFEST_FILE, has_valid_index, index_path, read_index, read_manifest,
+from tsm_keras.data.tfrecord_format import (MANIFEST_FILE, has_valid_index, index_path, read_manifest,
                                             scan_shard, shard_name)
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 import numpy as np
 
 from tsm_keras.data import decode
-from tsm_keras.data.bad_samples import BadSampleError, as_bad_sample, skip_or_raise
+from tsm_keras.data.bad_samples import as_bad_sample, skip_or_raise
 
 
 def video_reader(plan, size, policy):
