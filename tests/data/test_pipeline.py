@@ -240,3 +240,7 @@ def test_dense_sampling_through_build_dataset_gives_the_hand_computed_frames(med
 def test_unknown_sampling_is_refused(media):
     with pytest.raises(ValueError, match="sampling must be one of"):
         build_dataset(_config(data_format="frames", data_root=str(media), val_list="x.txt", sampling="tsn"), "val")
+    # Refused when the dataset is built, not sample by sample inside the readers (every video skipped).
+    with pytest.raises(ValueError, match="--dense_interval must be >= 0"):
+        build_dataset(_config(data_format="frames", data_root=str(media), val_list="x.txt", sampling="dense",
+                              dense_interval=-2), "val")

@@ -79,6 +79,8 @@ def clip_planner(num_segments, training, num_clips, sampling="uniform", dense_in
     element's random int64 `rand`, so a seed gives the same clips."""
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+    if int(dense_interval) < 0:
+        raise ValueError(f"--dense_interval must be >= 0 (0: 64 // num_segments), got {dense_interval}")
 
     def plan(num_frames, rand):
         rng = np.random.default_rng(int(rand) % (2 ** 63))
