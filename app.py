@@ -55,6 +55,9 @@ flags.DEFINE_integer("data_workers", 0, "prepare/tfrecords: worker processes (0 
 flags.DEFINE_string("prepare_videos_dir", "", "prepare: class-per-folder video tree (Kinetics) or UCF-101 root.")
 flags.DEFINE_string("ucf101_annotations", "", "prepare: folder with UCF-101 classInd.txt, trainlist0N/testlist0N.txt.")
 flags.DEFINE_integer("ucf101_split", 1, "prepare: UCF-101 split 1, 2 or 3.")
+flags.DEFINE_string("sthv2_annotations", "", "prepare: Something-Something V2 folder with labels.json, train.json "
+                    "and validation.json (or their something-something-v2-*.json names); videos <id>.webm in "
+                    "--prepare_videos_dir.")
 flags.DEFINE_string("frames_dir", "", "prepare: extract the videos of --train_list/--val_list into frame folders here.")
 
 # Model.

@@ -38,8 +38,8 @@ class Config:
     test_clips: int = 1
     test_crops: int = 1
     sampling: str = "uniform"  # uniform (TSN segments) | dense (T frames dense_interval apart, one window)
-    dense_interval: int = 0
-    eval_batch_size: int = 0  # videos per evaluation batch; 0 = what fits EVAL_BATCH_BYTES (evaluation.evaluator)  # frames between dense samples; 0 = 64 // num_segments (the references' window)
+    dense_interval: int = 0  # frames between dense samples; 0 = 64 // num_segments (the references' window)
+    eval_batch_size: int = 0  # videos per evaluation batch; 0 = what fits EVAL_BATCH_BYTES (evaluation.evaluator)
     # Data preparation and TFRecord conversion (prepare / tfrecords modes).
     short_side: int = 0
     tfrecord_videos_per_shard: int = 64
@@ -47,6 +47,7 @@ class Config:
     prepare_videos_dir: str = ""
     ucf101_annotations: str = ""
     ucf101_split: int = 1
+    sthv2_annotations: str = ""  # Something-Something V2: folder with labels.json, train.json, validation.json
     frames_dir: str = ""
 
     # Model.

@@ -101,3 +101,67 @@ def test_app_prepare_mode(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert "next: python app.py --mode=train --data_format=frames" in run.stdout
     assert (tmp_path / "frames" / "val_frames.txt").read_text() == "val/a/w 5 0\n"
+
+
+STHV2_LABELS = {"Moving something up": "0", "Pushing something from left to right": "1",
+                "Putting something on a surface": "2"}
+
+
+def _sthv2_miniature(root, long_names=False):
+    """Something-Something V2's layout: `<id>.webm` (VP9, as the real files) and the JSON annotations."""
+    import cv2
+    import json
+
+    videos, notes = root / "20bn-something-something-v2", root / "annotations"
+    notes.mkdir(parents=True)
+    # OpenCV's FFmpeg writes VP9 into .webm (it warns about the tag and falls back to the codec's own).
+    for video_id, frames in (("11", 4), ("12", 6), ("13", 5), ("21", 7)):
+        write_video(str(videos / f"{video_id}.webm"), frames, "VP90")
+    assert cv2.VideoCapture(str(videos / "11.webm")).isOpened()
+    prefix = "something-something-v2-" if long_names else ""
+    entry = lambda i, template, label: {"id": i, "label": label, "template": template, "placeholders": ["x"]}
+    (notes / f"{prefix}labels.json").write_text(json.dumps(STHV2_LABELS))
+    (notes / f"{prefix}train.json").write_text(json.dumps([
+        entry("11", "Putting [something] on a surface", "putting a cup on a table"),
+        entry("12", "Moving [something] up", "moving a pen up"),
+        entry("13", "Pushing [something] from left to right", "pushing a box from left to right"),
+        entry("99", "Moving [something] up", "not downloaded")]))
+    (notes / f"{prefix}validation.json").write_text(json.dumps([
+        entry("21", "Pushing [something] from left to right", "pushing a phone from left to right")]))
+    (notes / f"{prefix}test.json").write_text(json.dumps([{"id": "31"}]))
+    return videos, notes
+
+
+@pytest.mark.parametrize("long_names", [False, True])
+def test_sthv2_lists_and_frames(tmp_path, long_names, caplog):
+    videos, notes = _sthv2_miniature(tmp_path, long_names)
+    frames_dir = tmp_path / "frames"
+    outputs = prepare(Config(prepare_videos_dir=str(videos), sthv2_annotations=str(notes),
+                             frames_dir=str(frames_dir), data_workers=1))
+    train = lists.read_list(str(videos / "train_videos.txt"), "videos", str(videos))
+    # Labels are labels.json's indices of the template without brackets (tools/gen_label_sthv2.py).
+    assert [(os.path.basename(r.path), r.label) for r in train] == [("11.webm", 2), ("12.webm", 0), ("13.webm", 1)]
+    assert "1 of 4 videos not found" in caplog.text  # id 99 is counted, not silently dropped
+    names = lists.read_label_map(str(videos / "classes.txt"))
+    assert names == list(STHV2_LABELS) == lists.read_label_map(str(next(notes.glob("*labels.json"))))
+    frames = lists.read_list(str(frames_dir / "train_frames.txt"), "frames", str(frames_dir))
+    assert [(os.path.basename(r.path), r.num_frames, r.label) for r in frames] == [("11", 4, 2), ("12", 6, 0),
+                                                                                    ("13", 5, 1)]
+    val = lists.read_list(str(frames_dir / "val_frames.txt"), "frames", str(frames_dir))
+    assert [(os.path.basename(r.path), r.num_frames, r.label) for r in val] == [("21", 7, 1)]
+    assert outputs["train_skipped"] == outputs["val_skipped"] == 0
+
+
+def test_sthv2_unknown_template_names_the_file_and_entry(tmp_path):
+    import json
+
+    videos, notes = _sthv2_miniature(tmp_path)
+    (notes / "validation.json").write_text(json.dumps([{"id": "21", "template": "Dropping [something]"}]))
+    with pytest.raises(lists.ListFileError, match=r"validation\.json: entry 0 \(id 21\).*Dropping"):
+        prepare(Config(prepare_videos_dir=str(videos), sthv2_annotations=str(notes)))
+    (notes / "labels.json").write_text('{"Moving something up": "0",\n "Pushing": }')
+    with pytest.raises(lists.ListFileError, match=r"labels\.json:2: not valid JSON"):
+        prepare(Config(prepare_videos_dir=str(videos), sthv2_annotations=str(notes)))
+    (notes / "labels.json").write_text(json.dumps({"Moving something up": "0", "Pushing": "0"}))
+    with pytest.raises(lists.ListFileError, match="indices must be 0..1, each once"):
+        lists.read_label_map(str(notes / "labels.json"))

@@ -53,3 +53,13 @@ def test_quickstart():
 
 def test_precision_flag_defaults_to_auto():
     assert _parse("--mode=train").precision == "auto"
+
+
+@pytest.mark.parametrize("name", ["tsm_sthv2_frames", "tsm_sthv2_videos"])
+def test_sthv2_recipes(name):
+    """The official repo's SSv2 command: lr 0.01 for 64 clips, steps at 20/40 of 50 epochs, wd 5e-4, no flip."""
+    c = _parse(f"--flagfile={REPO}/flags/{name}.flags")
+    assert (c.num_classes, c.epochs, c.batch_size, c.dropout, c.flip) == (174, 50, 64, 0.5, False)
+    assert scaled_lr_values(c) == pytest.approx([0.01, 0.001, 0.0001]) and c.lr_boundaries == [20, 40]
+    assert (c.weight_decay, c.fc_weight_decay, c.clip_norm, c.shift_div) == (5e-4, 5e-4, 20.0, 8)
+    assert c.label_map.endswith("labels.json") and c.data_format == name.rsplit("_", 1)[1]

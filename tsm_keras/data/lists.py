@@ -9,6 +9,7 @@ is 1-based, the Kinetics file 0-based: the first index decides), or a plain one-
 """
 
 import collections
+import json
 import os
 import re
 
@@ -80,16 +81,45 @@ def read_list(list_path, data_format, data_root="", num_classes=None):
     return records
 
 
+def read_json(path):
+    """A JSON file; ListFileError naming the file and line when it does not parse."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as error:
+        raise ListFileError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+
+
+def _json_label_map(path):
+    """Something-Something's `labels.json` (`{"<name>": "<index>"}`) or a JSON list of names."""
+    labels = read_json(path)
+    if isinstance(labels, list) and labels and all(isinstance(name, str) for name in labels):
+        return list(labels)
+    if not isinstance(labels, dict) or not labels:
+        raise ListFileError(f'label map {path}: expected {{"<name>": "<index>", ...}} (Something-Something\'s '
+                            "labels.json) or a list of names")
+    names = [None] * len(labels)
+    for name, index in labels.items():
+        if not _is_int(str(index)) or not 0 <= int(index) < len(labels) or names[int(index)] is not None:
+            raise ListFileError(f"label map {path}: class {name!r} has index {index!r}; indices must be "
+                                f"0..{len(labels) - 1}, each once")
+        names[int(index)] = name
+    return names
+
+
 def read_label_map(spec):
-    """Class names, index i -> name, from `kinetics400`, a `"<idx> <name>"` file or one name per line.
+    """Class names, index i -> name, from `kinetics400`, a `"<idx> <name>"` file, one name per line, or a
+    `.json` file (Something-Something V2's `labels.json`).
 
     A `"<idx> <name>"` file may be 0-based (Kinetics) or 1-based (UCF-101 classInd.txt): its first index
     decides, and the indices must then run without gaps.
     """
     path = KINETICS400_LABELS if spec == "kinetics400" else spec
     if not os.path.isfile(path):
-        raise ListFileError(f"label map {spec} not found: pass --label_map=kinetics400, a classInd.txt "
-                            "or a file with one class name per line")
+        raise ListFileError(f"label map {spec} not found: pass --label_map=kinetics400, a classInd.txt, "
+                            "a file with one class name per line or a labels.json")
+    if path.lower().endswith(".json"):
+        return _json_label_map(path)
     with open(path, encoding="utf-8") as f:
         lines = [(number, line.strip()) for number, line in enumerate(f, start=1) if line.strip()]
     if not lines:

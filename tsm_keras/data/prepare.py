@@ -7,6 +7,11 @@
      written to `classes.txt`.
    - UCF-101 (with --ucf101_annotations=<ucfTrainTestlist>): `classInd.txt` (1-based) and
      `trainlist0N.txt`/`testlist0N.txt` of --ucf101_split N; labels become 0-based.
+   - Something-Something V2 (with --sthv2_annotations=<folder>): `labels.json` (`{template: "index"}`),
+     `train.json` and `validation.json` (`[{"id", "template", ...}]`; also under their
+     `something-something-v2-*.json` names), videos `<id>.webm` in --prepare_videos_dir. A video's
+     class is its template with the `[ ]` around `something` removed, as the official
+     `tools/gen_label_sthv2.py` does; `test.json` has no labels and is not listed.
    Writes `<path> <label>` lists (paths relative to --prepare_videos_dir) to --train_list/--val_list,
    or `train_videos.txt`/`val_videos.txt` in --prepare_videos_dir.
 2. Frames (when --frames_dir is given): every video of the train/val videos lists is decoded into
@@ -16,6 +21,7 @@
 """
 
 import concurrent.futures
+import json
 import logging
 import multiprocessing
 import os
@@ -107,6 +113,58 @@ def ucf101_lists(videos_dir, annotations_dir, split_number=1):
     return rows, label_names
 
 
+STHV2_FILES = {"labels": "labels.json", "train": "train.json", "val": "validation.json"}
+
+
+def _sthv2_file(annotations_dir, kind):
+    """`labels.json` or the download's own `something-something-v2-labels.json` (same for train/validation)."""
+    short = STHV2_FILES[kind]
+    for name in (short, f"something-something-v2-{short}"):
+        path = os.path.join(annotations_dir, name)
+        if os.path.isfile(path):
+            return path
+    raise lists.ListFileError(f"{os.path.join(annotations_dir, short)} not found (--sthv2_annotations should hold "
+                              f"labels.json, train.json and validation.json, or something-something-v2-{short})")
+
+
+def _video_for(videos_dir, video_id):
+    for extension in (".webm",) + tuple(e for e in lists.VIDEO_EXTENSIONS if e != ".webm"):
+        path = os.path.join(videos_dir, f"{video_id}{extension}")
+        if os.path.isfile(path):
+            return os.path.basename(path)
+    return None
+
+
+def sthv2_lists(videos_dir, annotations_dir):
+    """{"train": [...], "val": [...]} and class names from Something-Something V2's JSON files."""
+    labels_path = _sthv2_file(annotations_dir, "labels")
+    label_names = lists.read_label_map(labels_path)
+    index = {name: i for i, name in enumerate(label_names)}
+    rows = {}
+    for split in ("train", "val"):
+        path = _sthv2_file(annotations_dir, split)
+        entries = lists.read_json(path)
+        if not isinstance(entries, list):
+            raise lists.ListFileError(f'{path}: expected a list of {{"id": ..., "template": ...}} entries')
+        rows[split], missing = [], 0
+        for position, entry in enumerate(entries):
+            where = f"{path}: entry {position}"
+            if not isinstance(entry, dict) or "id" not in entry or "template" not in entry:
+                raise lists.ListFileError(f'{where}: expected {{"id": ..., "template": ...}}, got {entry!r:.200}')
+            name = entry["template"].replace("[", "").replace("]", "")
+            if name not in index:
+                raise lists.ListFileError(f"{where} (id {entry['id']}): template {entry['template']!r} is not a "
+                                          f"class of {labels_path}")
+            video = _video_for(videos_dir, entry["id"])
+            if video is None:
+                missing += 1
+                continue
+            rows[split].append((video, index[name]))
+        if missing:
+            log.warning("%s: %d of %d videos not found under %s; left out", path, missing, len(entries), videos_dir)
+    return rows, label_names
+
+
 def extract_frames(video_path, out_dir, short_side=0, frame_template="img_{:05d}.jpg"):
     """Decode a video into `out_dir` (written aside, renamed when complete); returns the true frame count.
 
@@ -178,8 +236,12 @@ def prepare(config):
         videos_dir = config.prepare_videos_dir
         if not os.path.isdir(videos_dir):
             raise FileNotFoundError(f"--prepare_videos_dir={videos_dir} is not a folder")
+        if config.ucf101_annotations and config.sthv2_annotations:
+            raise ValueError("pass one of --ucf101_annotations and --sthv2_annotations")
         if config.ucf101_annotations:
             rows, names = ucf101_lists(videos_dir, config.ucf101_annotations, config.ucf101_split)
+        elif config.sthv2_annotations:
+            rows, names = sthv2_lists(videos_dir, config.sthv2_annotations)
         else:
             given = lists.read_label_map(config.label_map) if config.label_map else None
             rows, names = kinetics_lists(videos_dir, given)
