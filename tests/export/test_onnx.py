@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from export_fixtures import LABELS, NUM_SEGMENTS
 
 pytest.importorskip("tf2onnx")
 pytest.importorskip("onnx")
@@ -50,3 +51,35 @@ def test_check_standard_ops_rejects_custom_domains(tmp_path):
     onnx.save(model, tmp_path / "custom.onnx")
     with pytest.raises(ValueError, match="com.example::FancyShift"):
         check_standard_ops(tmp_path / "custom.onnx")
+
+
+def test_export_rebuilds_a_model_without_fixed_size(tiny_tsm, tmp_path, capsys):
+    """`--mode=export --export_format=onnx|tflite` of a `.keras` built with image_size=None: rebuilt at
+    --image_size with the same weights (the SavedModel export of the same file always worked)."""
+    import keras
+    import onnx
+
+    from tsm_keras.config import Config
+    from tsm_keras.export import export_model
+    from tsm_keras.export.tflite import TFLiteRunner
+    from tsm_keras.models import TSM
+
+    anysize = TSM.from_config(dict(tiny_tsm.get_config(), image_size=None))
+    anysize.set_weights(tiny_tsm.get_weights())
+    source = str(tmp_path / "anysize.keras")
+    anysize.save(source)
+    clips = np.random.default_rng(3).uniform(0, 255, (1, NUM_SEGMENTS, 96, 96, 3)).astype("float32")
+    expected = keras.models.load_model(source)(clips, training=False).numpy()
+    config = Config(weights=source, export_dir=str(tmp_path / "out"), image_size=96, num_classes=len(LABELS))
+
+    onnx_path = export_model(config.replace(export_format="onnx"))
+    dims = [d.dim_value or d.dim_param for d in onnx.load(onnx_path).graph.input[0].type.tensor_type.shape.dim]
+    assert dims[1:] == [NUM_SEGMENTS, 96, 96, 3]
+    assert "rebuilt at 96 px" in capsys.readouterr().out
+    from tsm_keras.export.onnx import onnxruntime_session
+
+    got = onnxruntime_session(onnx_path).run(["logits"], {"clips": clips})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+    tflite_path = export_model(config.replace(export_format="tflite"))
+    np.testing.assert_allclose(TFLiteRunner(tflite_path)(clips)["logits"], expected, rtol=1e-4, atol=1e-4)

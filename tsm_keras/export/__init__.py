@@ -40,9 +40,24 @@ def export_model(config):
     model, run_config, label_names = load_trained(config, config.weights or config.model_dir)
     if config.export_format == "saved_model":
         return _export_saved_model(model, run_config, label_names, config)
+    model = _fixed_size(model, run_config)
     if config.export_format == "onnx":
         return _export_onnx(model, config)
     return _export_tflite(model, config)
+
+
+def _fixed_size(model, run_config):
+    """ONNX and TFLite graphs have a fixed image size: a model built without one is rebuilt at
+    `--image_size` (the run's, or the flag), with its own number of segments and its weights."""
+    from tsm_keras.models.inference import at_image_size, model_input_spec
+
+    num_segments, image_size = model_input_spec(model)
+    if image_size is not None:
+        return model
+    model = at_image_size(model, run_config.image_size)
+    print(f"export: the model has no fixed image size; rebuilt at {run_config.image_size} px (--image_size), "
+          f"{num_segments} segments, same weights")
+    return model
 
 
 def _export_saved_model(model, run_config, label_names, config):

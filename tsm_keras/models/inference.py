@@ -5,6 +5,7 @@
 - `inference_form(model, precision)`: the graph to serve (folded, float32 or bfloat16).
 - `ClipClassifier(model)`: the model as a function of 0-255 float clips, whatever its `normalize_input`.
 - `model_input_spec(model)`: (num_segments, image_size) it was built for.
+- `at_image_size(model, image_size)`: the same network built for a fixed input size.
 """
 
 import keras
@@ -124,3 +125,22 @@ def model_input_spec(model):
             raise ValueError(f"serving crops squares; the model was built for {image_size}.")
         image_size = image_size[0]
     return int(config["num_segments"]), image_size
+
+
+def at_image_size(model, image_size):
+    """The same TSM built for `image_size` (fixed-shape formats: ONNX, TFLite), with the same weights.
+
+    A TSM's weights do not depend on the input size (convolutions, BatchNorm, global pooling, the
+    classifier), so a model built with `image_size=None` is rebuilt at the given size and its weights
+    copied. A model already at a fixed size is returned as is; a non-TSM model without one is an error.
+    """
+    if model_input_spec(model)[1] is not None:
+        return model
+    if not isinstance(model, TSM):
+        raise ValueError(f"{type(model).__name__} has no fixed image size and is not a TSM (tsm_keras.build_tsm), "
+                         "so it cannot be rebuilt at one: build it with image_size=...")
+    if not image_size or int(image_size) < 32:
+        raise ValueError(f"the model has no fixed image size: pass --image_size (at least 32), got {image_size!r}")
+    fixed = TSM.from_config(dict(model.get_config(), image_size=int(image_size)))
+    fixed.set_weights(model.get_weights())
+    return fixed
