@@ -15,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 from absl import app, flags  # noqa: E402
 
 from tsm_keras.config import config_from_flags  # noqa: E402  (importing tsm_keras loads TensorFlow)
-from tsm_keras.modes import MODES  # noqa: E402
+from tsm_keras.modes import MODES, dispatch  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 QUICKSTART = os.path.join(HERE, "flags", "quickstart.flags")
@@ -119,12 +119,14 @@ flags.DEFINE_boolean("validate", False, "Evaluate after each epoch.")
 flags.DEFINE_integer("steps_per_epoch", 0, "Training steps per epoch (0 = one pass over the list).")
 flags.DEFINE_integer("checkpoint_every", 500, "Checkpoint every N steps (and at each epoch end; 0 = epoch ends only).")
 flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept (plus the best by validation top-1).")
+flags.DEFINE_boolean("debug", False, "Show the Python traceback of a user error (a bad flag, list file or "
+                     "checkpoint) instead of the one `error: ...` line.")
 flags.DEFINE_boolean("deterministic", False, "Deterministic ops (bit-identical reruns and resumes; slower).")
 
 
 def main(argv):
     del argv
-    return MODES[F.mode](config_from_flags(F))
+    return dispatch(F.mode, config_from_flags(F), debug=F.debug)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ export and predict alike, so they read the same sources the same way.
 import os
 
 from tsm_keras import runs
+from tsm_keras.errors import UsageError
 
 
 def load_trained(config, source=None):
@@ -58,7 +59,7 @@ def label_names_for(config, model_dir=None):
     if len(names) == num_classes:
         return names
     if config.label_map:
-        raise ValueError(f"--label_map={config.label_map} has {len(names)} names for a model with "
+        raise UsageError(f"--label_map={config.label_map} has {len(names)} names for a model with "
                          f"{num_classes} classes: pass the label map the model was trained with.")
     if names:
         print(f"note: no label map for this {num_classes}-class model (--label_map): classes are named "

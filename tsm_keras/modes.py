@@ -3,7 +3,16 @@
 Each entry calls the one library function of its mode and turns its result into what a user sees
 last and the process's exit status. Only this module prints the final `top1=... top5=...` line.
 Imports are inside the entries, so a mode loads only what it needs.
+
+`dispatch` runs one and turns a user error (`tsm_keras.errors.UserError`) into one `error: <message>`
+line on stderr and exit status 2; other exceptions keep their traceback (bugs, environment failures).
 """
+
+import sys
+
+from tsm_keras.errors import UserError
+
+USER_ERROR_STATUS = 2
 
 
 def _print_accuracy(metrics):
@@ -19,10 +28,18 @@ def run_summary(config):
 
 
 def run_train(config, **options):
-    """`options`: `tsm_keras.training.loop.train`'s (a stand-in data module in tests)."""
+    """`options`: `tsm_keras.training.loop.train`'s (a stand-in data module in tests).
+
+    The writing worker holds `<model_dir>/.lock` for the whole run (`tsm_keras.runs.RunLock`).
+    """
+    from tsm_keras import runs
     from tsm_keras.training.loop import train
 
-    _print_accuracy(train(config, **options))
+    if not runs.is_chief_process():
+        _print_accuracy(train(config, **options))
+        return 0
+    with runs.RunLock(config.model_dir):
+        _print_accuracy(train(config, **options))
     return 0
 
 
@@ -79,3 +96,14 @@ MODES = {
     "tfrecords": run_tfrecords,
     "prepare": run_prepare,
 }
+
+
+def dispatch(mode, config, debug=False):
+    """Run `mode`; a `UserError` prints `error: <message>` and gives status 2 (`debug=True`: re-raised)."""
+    try:
+        return MODES[mode](config)
+    except UserError as error:
+        if debug:
+            raise
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return USER_ERROR_STATUS

@@ -15,6 +15,8 @@ import sys
 
 import numpy as np
 
+from tsm_keras.errors import MissingInputError, UsageError
+
 # Views per forward pass: bounds memory with 10 clips x 3 crops of ResNet-50.
 VIEW_CHUNK = 8
 
@@ -38,7 +40,7 @@ class VideoClassifier:
         self.frame_template = frame_template
         self.source = source
         if self.scale_size < self.image_size:
-            raise ValueError(f"scale_size ({self.scale_size}) must be >= image_size ({self.image_size}).")
+            raise UsageError(f"scale_size ({self.scale_size}) must be >= image_size ({self.image_size}).")
 
     # -- backends implement these two
     def clip_logits(self, clips):
@@ -89,7 +91,7 @@ class VideoClassifier:
         """
         clips = _check_frames(clips, rank=5, what="predict_clips")
         if clips.shape[1] != self.num_segments:
-            raise ValueError(f"predict_clips: clips have {clips.shape[1]} frames, the model takes "
+            raise UsageError(f"predict_clips: clips have {clips.shape[1]} frames, the model takes "
                              f"{self.num_segments}; use predict_frames for a whole video's frames.")
         logits = self.frames_logits(clips)
         return [self._result(row, top_k) for row in logits]
@@ -148,7 +150,7 @@ class SavedModelVideoClassifier(VideoClassifier):
         self.loaded = tf.saved_model.load(saved_model_dir)
         missing = [s for s in (DEFAULT_SIGNATURE, CLIPS_SIGNATURE) if s not in self.loaded.signatures]
         if missing:
-            raise ValueError(f"{saved_model_dir}: SavedModel lacks signature(s) {missing}; export it with "
+            raise UsageError(f"{saved_model_dir}: SavedModel lacks signature(s) {missing}; export it with "
                              f"`python app.py --mode=export`.")
         self._clips = self.loaded.signatures[CLIPS_SIGNATURE]
         self._frames = self.loaded.signatures[DEFAULT_SIGNATURE]
@@ -170,9 +172,9 @@ def _check_frames(frames, rank, what):
                         f"with np.clip(x, 0, 255).astype(np.uint8) (and BGR from OpenCV with x[..., ::-1]).")
     layout = "[num_frames, height, width, 3]" if rank == 4 else "[batch, T, height, width, 3]"
     if array.ndim != rank or array.shape[-1] != 3:
-        raise ValueError(f"{what}: expected {layout}, got shape {tuple(array.shape)}.")
+        raise UsageError(f"{what}: expected {layout}, got shape {tuple(array.shape)}.")
     if array.shape[0] == 0 or 0 in array.shape[-3:-1]:
-        raise ValueError(f"{what}: empty frames, shape {tuple(array.shape)}.")
+        raise UsageError(f"{what}: empty frames, shape {tuple(array.shape)}.")
     return array
 
 
@@ -192,16 +194,16 @@ def load(path, config=None, num_clips=None, num_crops=None, top_k=None):
     num_crops = config.test_crops if num_crops is None else num_crops
     top_k = int(top_k or config.top_k)
     if not path:
-        raise ValueError("nothing to load: pass a SavedModel folder (--saved_model) or trained weights (--weights).")
+        raise UsageError("nothing to load: pass a SavedModel folder (--saved_model) or trained weights (--weights).")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such SavedModel, run folder or weights file.")
+        raise MissingInputError(f"{path}: no such SavedModel, run folder or weights file.")
     from tsm_keras import saved_models
 
     if saved_models.is_saved_model(path):
         saved_model_dir = saved_models.resolve_saved_model_dir(path)
         metadata = saved_models.read_export_metadata(saved_model_dir)
         if metadata is None:
-            raise ValueError(f"{saved_model_dir}: no assets.extra/tsm_export.json; predict reads SavedModels written "
+            raise UsageError(f"{saved_model_dir}: no assets.extra/tsm_export.json; predict reads SavedModels written "
                              f"by `python app.py --mode=export` (for others call their signatures directly).")
         return SavedModelVideoClassifier(
             saved_model_dir, num_segments=metadata["num_segments"], image_size=metadata["image_size"],

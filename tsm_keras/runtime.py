@@ -19,6 +19,8 @@ import os
 import platform
 import sys
 
+from tsm_keras.errors import UsageError
+
 log = logging.getLogger("tsm_keras")
 
 ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
@@ -248,7 +250,7 @@ def resolve_precision(precision, training=True):
     """
     if precision != "auto":
         if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS + ('auto',)}, got {precision!r} "
+            raise UsageError(f"precision must be one of {PRECISIONS + ('auto',)}, got {precision!r} "
                              "(--amp is the same as --precision=mixed_float16).")
         return precision, "as asked"
     if not training:
@@ -275,7 +277,7 @@ def _tf_config_workers():
     try:
         cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
     except json.JSONDecodeError as error:
-        raise ValueError(f"TF_CONFIG is not valid JSON: {error}") from None
+        raise UsageError(f"TF_CONFIG is not valid JSON: {error}") from None
     return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
 
 
@@ -283,7 +285,7 @@ def build_strategy(name="auto"):
     import tensorflow as tf
 
     if name not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}.")
+        raise UsageError(f"strategy must be one of {STRATEGIES}, got {name!r}.")
     # Physical, not logical, devices: listing logical ones starts the runtime, after which
     # MultiWorkerMirroredStrategy can no longer configure its collectives.
     gpus = tf.config.list_physical_devices("GPU")
@@ -296,7 +298,7 @@ def build_strategy(name="auto"):
             name = "one_device"
     if name == "multi_worker":
         if _tf_config_workers() < 1:
-            raise ValueError("--strategy=multi_worker needs TF_CONFIG, e.g. "
+            raise UsageError("--strategy=multi_worker needs TF_CONFIG, e.g. "
                              '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                              '"task": {"type": "worker", "index": 0}}')
         return tf.distribute.MultiWorkerMirroredStrategy()

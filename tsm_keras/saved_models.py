@@ -11,6 +11,8 @@ Only this module knows these names; it imports no TensorFlow (writing lives in t
 import json
 import os
 
+from tsm_keras.errors import MissingInputError
+
 DEFAULT_SIGNATURE = "serving_default"
 CLIPS_SIGNATURE = "serving_clips"
 METADATA_FILE = os.path.join("assets.extra", "tsm_export.json")
@@ -33,7 +35,7 @@ def resolve_saved_model_dir(path):
         candidate = os.path.join(path, str(version))
         if os.path.isfile(os.path.join(candidate, "saved_model.pb")):
             return candidate
-    raise FileNotFoundError(f"{path}: no saved_model.pb there nor in a numbered version folder below it; "
+    raise MissingInputError(f"{path}: no saved_model.pb there nor in a numbered version folder below it; "
                             f"export one with `python app.py --mode=export --weights=... --export_dir={path}`.")
 
 

@@ -13,6 +13,7 @@ from typing import Dict, List, Optional
 import keras
 import numpy as np
 
+from tsm_keras.errors import UserError
 from tsm_keras.models.resnet import BACKBONES, RESNET_SPECS, block_name
 
 logger = logging.getLogger("tsm_keras.convert")
@@ -23,7 +24,7 @@ STRUCTURAL_KEYS = ("backbone", "stride_in_1x1")
 BEHAVIOURAL_KEYS = ("convention", "shift_place", "shift_every", "input_convention")
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """A checkpoint that cannot be converted or does not fit the model; the message says why and what to do."""
 
 

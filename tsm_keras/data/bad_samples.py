@@ -11,10 +11,12 @@ import threading
 
 import numpy as np
 
+from tsm_keras.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
-class BadSampleError(ValueError):
+class BadSampleError(UserError, ValueError):
     """A video or frame that cannot be read: `path` and `reason` say which and why."""
 
     def __init__(self, path, reason):

@@ -13,6 +13,8 @@ import json
 import os
 import re
 
+from tsm_keras.errors import UsageError, UserError
+
 KINETICS400_LABELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kinetics400_labels.txt")
 # What counts as a video file when a folder is searched (prepare, predict's --input).
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp",
@@ -25,7 +27,7 @@ LIST_EXTENSIONS = (".txt", ".list", ".lst", ".csv")
 VideoRecord = collections.namedtuple("VideoRecord", ["path", "num_frames", "label", "source"])
 
 
-class ListFileError(ValueError):
+class ListFileError(UserError, ValueError):
     """A list file or label map that cannot be used; the message names file:line and what was expected."""
 
 
@@ -201,7 +203,7 @@ def list_inputs(spec, data_root="", frame_template="img_{:05d}.jpg"):
     from tsm_keras.data.decode import count_frame_files  # OpenCV: only when a folder is searched
 
     if not spec:
-        raise ValueError("--input is empty: pass a video file, a folder of videos, or a list file.")
+        raise UsageError("--input is empty: pass a video file, a folder of videos, or a list file.")
     if os.path.isdir(spec):
         if count_frame_files(spec, frame_template) > 0:
             return [spec]
@@ -215,7 +217,7 @@ def list_inputs(spec, data_root="", frame_template="img_{:05d}.jpg"):
             elif os.path.isfile(path) and name.lower().endswith(VIDEO_EXTENSIONS):
                 found.append(path)
         if not found:
-            raise ValueError(f"{spec}: no video files ({', '.join(VIDEO_EXTENSIONS)}) or frame folders "
+            raise UsageError(f"{spec}: no video files ({', '.join(VIDEO_EXTENSIONS)}) or frame folders "
                              f"({frame_template.format(1)}, ...) in it.")
         return found
     if os.path.isfile(spec) and spec.lower().endswith(LIST_EXTENSIONS):
@@ -230,6 +232,6 @@ def list_inputs(spec, data_root="", frame_template="img_{:05d}.jpg"):
                 path = " ".join(fields)
                 paths.append(os.path.join(data_root, path) if data_root and not os.path.isabs(path) else path)
         if not paths:
-            raise ValueError(f"{spec}: the list file names no video.")
+            raise UsageError(f"{spec}: the list file names no video.")
         return paths
     return [spec]

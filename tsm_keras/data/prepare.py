@@ -30,6 +30,7 @@ import shutil
 import cv2
 
 from tsm_keras.data import decode, lists
+from tsm_keras.errors import MissingInputError, UsageError
 
 log = logging.getLogger(__name__)
 JPEG_QUALITY = 95
@@ -235,9 +236,9 @@ def prepare(config):
     if config.prepare_videos_dir:
         videos_dir = config.prepare_videos_dir
         if not os.path.isdir(videos_dir):
-            raise FileNotFoundError(f"--prepare_videos_dir={videos_dir} is not a folder")
+            raise MissingInputError(f"--prepare_videos_dir={videos_dir} is not a folder")
         if config.ucf101_annotations and config.sthv2_annotations:
-            raise ValueError("pass one of --ucf101_annotations and --sthv2_annotations")
+            raise UsageError("pass one of --ucf101_annotations and --sthv2_annotations")
         if config.ucf101_annotations:
             rows, names = ucf101_lists(videos_dir, config.ucf101_annotations, config.ucf101_split)
         elif config.sthv2_annotations:
@@ -270,7 +271,7 @@ def prepare(config):
             outputs[f"{split}_frames"] = (out_list, written)
             outputs[f"{split}_skipped"] = skipped
     if not outputs:
-        raise ValueError("nothing to prepare: pass --prepare_videos_dir (build lists) and/or --frames_dir "
+        raise UsageError("nothing to prepare: pass --prepare_videos_dir (build lists) and/or --frames_dir "
                          "(extract frames from --train_list/--val_list)")
     for key, value in outputs.items():
         print(f"{key}: {value}")

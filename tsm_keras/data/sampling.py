@@ -10,6 +10,8 @@ Frame-list files are 1-based on disk: add 1 to these indices to name a file.
 
 import numpy as np
 
+from tsm_keras.errors import UsageError
+
 # ppTSM dense sampling: T frames spread over a 64-frame window, 10 windows at test time.
 DENSE_WINDOW = 64
 DENSE_TEST_CLIPS = 10
@@ -78,9 +80,9 @@ def clip_planner(num_segments, training, num_clips, sampling="uniform", dense_in
     (`sample_dense_indices`, `dense_interval` frames apart, 0 = 64 // T). Training draws from the
     element's random int64 `rand`, so a seed gives the same clips."""
     if sampling not in SAMPLINGS:
-        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+        raise UsageError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
     if int(dense_interval) < 0:
-        raise ValueError(f"--dense_interval must be >= 0 (0: 64 // num_segments), got {dense_interval}")
+        raise UsageError(f"--dense_interval must be >= 0 (0: 64 // num_segments), got {dense_interval}")
 
     def plan(num_frames, rand):
         rng = np.random.default_rng(int(rand) % (2 ** 63))

@@ -24,6 +24,8 @@ import time
 import cv2
 import numpy as np
 
+from tsm_keras.errors import ExistingOutputError
+
 SYNTHETIC_CLASSES = ["moving_right", "moving_left", "moving_down", "moving_up",
                      "growing", "shrinking", "light_turning_on", "light_turning_off"]
 VERSION = 1
@@ -168,7 +170,7 @@ def ensure_synthetic_dataset(root, seed=0, reuse_existing=False, **sizes):
         # Ours but with other parameters: regenerate it.
         shutil.rmtree(root)
     elif os.path.exists(root) and os.listdir(root):
-        raise FileExistsError(f"{root} exists and is not a synthetic dataset (no manifest.json): "
+        raise ExistingOutputError(f"{root} exists and is not a synthetic dataset (no manifest.json): "
                               "pass an empty or new --data_root")
     tmp = f"{root}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

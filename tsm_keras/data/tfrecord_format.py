@@ -16,6 +16,8 @@ import struct
 import numpy as np
 import tensorflow as tf
 
+from tsm_keras.errors import MissingInputError, UserError
+
 MANIFEST_FILE = "manifest.json"
 INDEX_VERSION = 1
 CONTEXT_FEATURES = {
@@ -30,7 +32,7 @@ def shard_name(split, index, num_shards):
     return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
 
 
-class ShardFormatError(ValueError):
+class ShardFormatError(UserError, ValueError):
     """A TFRecord shard that cannot be indexed (truncated, or not the SequenceExample schema)."""
 
 
@@ -139,10 +141,10 @@ def manifest_videos(folder, split):
     manifest = read_manifest(folder)
     path = os.path.join(folder, MANIFEST_FILE)
     if manifest is None:
-        raise FileNotFoundError(f"{path} not found: convert first with --mode=tfrecords")
+        raise MissingInputError(f"{path} not found: convert first with --mode=tfrecords")
     entry = manifest.get(name)
     if not entry:
-        raise FileNotFoundError(f"{path} has no {name!r} split: convert its list with --mode=tfrecords")
+        raise MissingInputError(f"{path} has no {name!r} split: convert its list with --mode=tfrecords")
     return int(entry["videos"])
 
 
@@ -154,9 +156,9 @@ def shard_files(folder, split):
     if manifest is not None:
         expected = manifest.get(name, {}).get("num_shards")
         if expected is not None and len(files) != expected:
-            raise FileNotFoundError(f"{folder}: {len(files)} of {expected} {name} shards present; rerun "
+            raise MissingInputError(f"{folder}: {len(files)} of {expected} {name} shards present; rerun "
                                     "--mode=tfrecords to finish the conversion")
     if not files:
-        raise FileNotFoundError(f"no {name}-*-of-*.tfrecord shards in {folder!r}: convert first with "
+        raise MissingInputError(f"no {name}-*-of-*.tfrecord shards in {folder!r}: convert first with "
                                 f"python app.py --mode=tfrecords --tfrecord_dir={folder} ...")
     return files

@@ -29,6 +29,7 @@ import numpy as np
 from tsm_keras.data import decode, lists
 from tsm_keras.data.tfrecord_format import (MANIFEST_FILE, has_valid_index, index_path, read_manifest,
                                             scan_shard, shard_name)
+from tsm_keras.errors import UsageError
 
 log = logging.getLogger(__name__)
 JPEG_QUALITY = 90
@@ -179,7 +180,7 @@ def convert_list(list_path, data_format, data_root, out_dir, split, *, videos_pe
 def write_tfrecords(config):
     """`--mode=tfrecords`: convert --train_list and/or --val_list into --tfrecord_dir; returns the manifest dict."""
     if config.data_format == "tfrecord":
-        raise ValueError("--mode=tfrecords converts a frames or videos list: pass --data_format=frames|videos|synthetic")
+        raise UsageError("--mode=tfrecords converts a frames or videos list: pass --data_format=frames|videos|synthetic")
     config, label_names = lists.resolve_lists(config)
     splits = [(name, path) for name, path in (("train", config.train_list), ("val", config.val_list)) if path]
     if not splits:

@@ -14,6 +14,7 @@ import weakref
 
 import numpy as np
 
+from tsm_keras.errors import UsageError
 from tsm_keras.evaluation.metrics import average_views, compute_metrics, metrics_from_counts
 
 
@@ -81,7 +82,7 @@ def predict_dataset(model, dataset, progress=None, max_clips=MAX_CLIPS_PER_FORWA
         if progress is not None:
             progress(len(all_labels[-1]))
     if not all_logits:
-        raise ValueError("the evaluation dataset is empty: check --val_list and --data_root.")
+        raise UsageError("the evaluation dataset is empty: check --val_list and --data_root.")
     return np.concatenate(all_logits), np.concatenate(all_labels)
 
 
@@ -162,7 +163,7 @@ def distributed_metrics_function(strategy, model, data, config, split="val"):
             confusion += np.rint(batch_confusion.numpy()).astype(np.int64)
             top5 += int(round(float(batch_top5)))
         if not confusion.any():
-            raise ValueError("the validation dataset is empty: check --val_list and --data_root.")
+            raise UsageError("the validation dataset is empty: check --val_list and --data_root.")
         return metrics_from_counts(confusion, top5)
 
     return run

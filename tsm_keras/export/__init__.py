@@ -11,19 +11,21 @@ Kept import-light: each format's module imports TensorFlow (and tf2onnx, onnxrun
 import os
 import sys
 
+from tsm_keras.errors import ExistingOutputError, UsageError
+
 __all__ = ["export_model"]
 
 
 def export_model(config):
     """`--mode=export`: write the artefact `--export_format` asks for; print where it went; returns its path."""
     if config.export_format not in ("saved_model", "onnx", "tflite"):
-        raise ValueError(f"--export_format must be saved_model, onnx or tflite, got {config.export_format!r}.")
+        raise UsageError(f"--export_format must be saved_model, onnx or tflite, got {config.export_format!r}.")
     if config.export_precision != "float32" and config.export_format != "saved_model":
-        raise ValueError(f"--export_precision={config.export_precision} is for --export_format=saved_model (TFLite "
+        raise UsageError(f"--export_precision={config.export_precision} is for --export_format=saved_model (TFLite "
                          "has --tflite_quant=float16|dynamic_int8).")
     if config.trt_precision:
         if config.export_format != "saved_model":
-            raise ValueError("--trt_precision converts the SavedModel: use it with --export_format=saved_model.")
+            raise UsageError("--trt_precision converts the SavedModel: use it with --export_format=saved_model.")
         from tsm_keras.export.trt import require_tensorrt
 
         require_tensorrt()  # before any work: no SavedModel-only result passed off as a TRT one
@@ -86,7 +88,7 @@ def _calibration_clips(run_config, limit=32):
     from tsm_keras.data import list_inputs, load_video_clips
 
     if not run_config.val_list:
-        raise ValueError("INT8 TF-TRT calibrates on validation videos: set --val_list (and --data_root).")
+        raise UsageError("INT8 TF-TRT calibrates on validation videos: set --val_list (and --data_root).")
     for path in list_inputs(run_config.val_list, run_config.data_root, run_config.frame_template)[:limit]:
         clips = load_video_clips(path, run_config.num_segments, scale_size=run_config.scale_size,
                                  image_size=run_config.image_size, frame_template=run_config.frame_template)
@@ -97,7 +99,7 @@ def _new_file(config, suffix):
     os.makedirs(config.export_dir, exist_ok=True)
     path = os.path.join(config.export_dir, suffix)
     if os.path.exists(path):
-        raise FileExistsError(f"{path} exists; exports are never overwritten: remove it or choose another "
+        raise ExistingOutputError(f"{path} exists; exports are never overwritten: remove it or choose another "
                               f"--export_dir.")
     return path
 

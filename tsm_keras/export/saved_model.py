@@ -29,6 +29,7 @@ import tensorflow as tf
 import keras
 
 from tsm_keras.data.augment import resize_and_center_crop
+from tsm_keras.errors import ExistingOutputError, UsageError
 from tsm_keras.models.inference import ClipClassifier, inference_form, model_input_spec
 # The export folder's contract (versions, signature names, tsm_export.json) is shared with its readers.
 from tsm_keras.saved_models import (CLIPS_SIGNATURE, DEFAULT_SIGNATURE, METADATA_FILE, list_versions,
@@ -58,7 +59,7 @@ def _check_labels(label_names, num_classes):
         return index_label_names(num_classes)
     label_names = [str(name) for name in label_names]
     if len(label_names) != num_classes:
-        raise ValueError(f"{len(label_names)} label names for a model with {num_classes} classes: pass the "
+        raise UsageError(f"{len(label_names)} label names for a model with {num_classes} classes: pass the "
                          f"label map the model was trained with (--label_map), or none for index names.")
     return label_names
 
@@ -73,9 +74,9 @@ def build_export_archive(model, label_names=None, scale_size=256, image_size=Non
     num_segments, model_image_size = model_input_spec(model)
     image_size = int(image_size or model_image_size or 224)
     if model_image_size is not None and int(model_image_size) != image_size:
-        raise ValueError(f"image_size={image_size} but the model was built for {model_image_size}.")
+        raise UsageError(f"image_size={image_size} but the model was built for {model_image_size}.")
     if scale_size < image_size:
-        raise ValueError(f"scale_size ({scale_size}) must be >= image_size ({image_size}): the short side is "
+        raise UsageError(f"scale_size ({scale_size}) must be >= image_size ({image_size}): the short side is "
                          f"resized to scale_size, then an image_size centre crop is taken.")
     num_classes = int(model.output_shape[-1])
     label_names = _check_labels(label_names, num_classes)
@@ -143,9 +144,9 @@ def export_saved_model(model, export_dir, label_names=None, scale_size=256, imag
     if version is not None:
         version = int(version)
         if version < 0:
-            raise ValueError(f"version must be a non-negative integer, got {version}.")
+            raise UsageError(f"version must be a non-negative integer, got {version}.")
         if os.path.exists(os.path.join(export_dir, str(version))):
-            raise FileExistsError(f"{os.path.join(export_dir, str(version))} exists; versions are never "
+            raise ExistingOutputError(f"{os.path.join(export_dir, str(version))} exists; versions are never "
                                   f"overwritten: pick another version or leave it unset for the next one.")
     # Hidden (TF Serving only loads integer names) and on the same file system, so the final
     # rename is atomic.
@@ -177,7 +178,7 @@ def _rename_to_version(tmp, export_dir, version):
                 if not os.path.exists(final):
                     raise
         if explicit:
-            raise FileExistsError(f"{final} appeared while exporting; versions are never overwritten.")
+            raise ExistingOutputError(f"{final} appeared while exporting; versions are never overwritten.")
         version = None  # another exporter took it: take the next one
     raise RuntimeError(f"could not allocate a version folder in {export_dir}")
 

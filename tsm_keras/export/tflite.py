@@ -20,6 +20,7 @@ import tensorflow as tf
 
 import keras
 
+from tsm_keras.errors import UsageError
 from tsm_keras.models.inference import ClipClassifier, inference_form, model_input_spec
 
 QUANTIZATIONS = ("float32", "float16", "dynamic_int8")
@@ -34,7 +35,7 @@ def export_tflite(model, path, quantization="float32", batch_size=1, fold_batchn
     """
     model = inference_form(model, fold_batchnorm)
     if quantization not in QUANTIZATIONS:
-        raise ValueError(f"tflite_quant must be one of {QUANTIZATIONS}, got {quantization!r}.")
+        raise UsageError(f"tflite_quant must be one of {QUANTIZATIONS}, got {quantization!r}.")
     num_segments, image_size = model_input_spec(model)
     if image_size is None:
         raise ValueError("TFLite export needs a model built with a fixed image_size.")

@@ -8,6 +8,8 @@ unconverted model.
 
 import os
 
+from tsm_keras.errors import UsageError, UserError
+
 PRECISIONS = ("FP32", "FP16", "INT8")
 
 UNAVAILABLE_HELP = (
@@ -17,7 +19,7 @@ UNAVAILABLE_HELP = (
     "`trtexec --onnx=model.onnx --saveEngine=model.plan --fp16`.")
 
 
-class TensorRTUnavailableError(RuntimeError):
+class TensorRTUnavailableError(UserError, RuntimeError):
     """This TensorFlow cannot run TF-TRT."""
 
 
@@ -59,14 +61,14 @@ def convert_saved_model(saved_model_dir, output_dir, precision="FP16", calibrati
     """
     precision = precision.upper()
     if precision not in PRECISIONS:
-        raise ValueError(f"trt_precision must be one of {PRECISIONS}, got {precision!r}.")
+        raise UsageError(f"trt_precision must be one of {PRECISIONS}, got {precision!r}.")
     require_tensorrt()
     import tensorflow as tf
     from tsm_keras.saved_models import CLIPS_SIGNATURE, DEFAULT_SIGNATURE
 
     int8 = precision == "INT8"
     if int8 and calibration_clips is None:
-        raise ValueError("INT8 TF-TRT needs calibration clips: set --val_list (and --data_root) so that "
+        raise UsageError("INT8 TF-TRT needs calibration clips: set --val_list (and --data_root) so that "
                          "validation videos calibrate the ranges.")
     signature = signature or (CLIPS_SIGNATURE if int8 else DEFAULT_SIGNATURE)
     converter = tf.experimental.tensorrt.Converter(

@@ -14,6 +14,8 @@ import shutil
 
 import numpy as np
 
+from tsm_keras.errors import UsageError
+
 _NAME = re.compile(r"^ckpt-(\d+)$")
 
 
@@ -84,14 +86,14 @@ class CheckpointManager:
             state = json.load(f)
         variables = self._variables()
         if len(state["paths"]) != len(variables):
-            raise ValueError(f"checkpoint {path} holds {len(state['paths'])} variables, this model and optimizer "
+            raise UsageError(f"checkpoint {path} holds {len(state['paths'])} variables, this model and optimizer "
                              f"have {len(variables)}: it was written by a different --backbone/--num_classes/"
                              "--precision; use another --model_dir.")
         with np.load(os.path.join(path, "variables.npz")) as arrays:
             for i, variable in enumerate(variables):
                 value = arrays[f"v{i:05d}"]
                 if tuple(value.shape) != tuple(variable.shape):
-                    raise ValueError(f"checkpoint {path}: {state['paths'][i]} has shape {value.shape}, "
+                    raise UsageError(f"checkpoint {path}: {state['paths'][i]} has shape {value.shape}, "
                                      f"the model's {variable.path} {tuple(variable.shape)}.")
                 variable.assign(value)
         return state

@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from tsm_keras import runs
+from tsm_keras.errors import UsageError
 from tsm_keras.loading import resolve_layout
 from tsm_keras.evaluation import Evaluator, write_reports
 from tsm_keras.training.logging import Progress, append_metrics, format_record, write_scalar
@@ -61,7 +62,7 @@ def train(config, *, data=None, stop_after_steps=None):
     replicas = strategy.num_replicas_in_sync
     global_batch = int(config.batch_size)
     if global_batch % replicas:
-        raise ValueError(f"--batch_size={global_batch} (global) must be divisible by the {replicas} replicas.")
+        raise UsageError(f"--batch_size={global_batch} (global) must be divisible by the {replicas} replicas.")
 
     # The shift convention goes with the weights: fine-tuning PaddleVideo weights keeps Paddle's shift.
     # Likewise the stride placement and input normalization keras.applications weights need.
@@ -70,7 +71,7 @@ def train(config, *, data=None, stop_after_steps=None):
         print(f"convention: {config.convention} ({why})", flush=True)
     label_names = list(data.load_label_names(config))
     if len(label_names) != config.num_classes:
-        raise ValueError(f"the label map has {len(label_names)} classes but --num_classes={config.num_classes}.")
+        raise UsageError(f"the label map has {len(label_names)} classes but --num_classes={config.num_classes}.")
     steps_per_epoch = int(config.steps_per_epoch or 0)
     if steps_per_epoch <= 0:
         steps_per_epoch = max(int(data.num_samples(config, "train")) // global_batch, 1)

@@ -9,6 +9,8 @@ import math
 import keras
 import tensorflow as tf
 
+from tsm_keras.errors import UsageError
+
 SCHEDULES = ("piecewise", "cosine")
 
 
@@ -17,7 +19,7 @@ def scaled_lr_values(config):
     `batch_size / lr_batch_size` (linear scaling rule; `lr_batch_size=0` turns it off)."""
     values = [float(v) for v in config.lr_values] or [float(config.lr)]
     if len(values) != len(config.lr_boundaries) + 1:
-        raise ValueError(f"--lr_values needs one more entry than --lr_boundaries: got {len(values)} values "
+        raise UsageError(f"--lr_values needs one more entry than --lr_boundaries: got {len(values)} values "
                          f"for {len(config.lr_boundaries)} boundaries ({config.lr_boundaries}).")
     factor = float(config.lr) / values[0] if values[0] else 1.0
     reference = getattr(config, "lr_batch_size", 0) or config.batch_size

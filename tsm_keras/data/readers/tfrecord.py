@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from tsm_keras.data.bad_samples import BadSampleError, as_bad_sample, placeholder_jpeg, skip_or_raise
 from tsm_keras.data.tfrecord_format import index_path, read_index
+from tsm_keras.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ def load_indexes(files):
             stat = os.stat(path)
             size, inode = stat.st_size, stat.st_ino
         if size != index["file_size"]:
-            raise ValueError(f"{path}: the TFRecord index is stale (it was made for a {index['file_size']}-byte "
+            raise UsageError(f"{path}: the TFRecord index is stale (it was made for a {index['file_size']}-byte "
                              f"shard, the file has {size} bytes): rerun --mode=tfrecords to index it again")
         loaded.append(((path, inode, size), index))
     if missing:
@@ -154,7 +155,7 @@ def load_indexes(files):
         else:
             offsets = np.load(index_file, mmap_mode="r")  # large datasets: only the rows read are paged in
         if offsets.shape != (index["frames"], 2):
-            raise ValueError(f"{key[0]}: the TFRecord index {index_file} has {offsets.shape[0]} rows, its sidecar "
+            raise UsageError(f"{key[0]}: the TFRecord index {index_file} has {offsets.shape[0]} rows, its sidecar "
                              f"says {index['frames']}: rerun --mode=tfrecords to index it again")
         indexes.append((key, offsets, index))
     return indexes

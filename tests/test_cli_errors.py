@@ -1,0 +1,65 @@
+"""User errors through `python app.py` (real subprocesses): one `error: <message>` line and status 2, no
+traceback; `--debug` shows the traceback. A bug (not a UserError) keeps its traceback."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+APP = os.path.join(REPO, "app.py")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Every case started at once (each pays TensorFlow's import), then collected."""
+    d = tmp_path_factory.mktemp("cli")
+    (d / "bad.txt").write_text("clip_a 12 0\nclip_b twelve 1\n")
+    (d / "labels3.txt").write_text("x\ny\nz\n")
+    (d / "weights.bin").write_bytes(b"not a checkpoint")
+    train = ["--mode=train", "--data_format=frames", f"--data_root={d}", "--num_classes=3"]
+    cases = {
+        "missing list": train + [f"--train_list={d}/nope.txt", f"--model_dir={d}/r1"],
+        "malformed line": train + [f"--train_list={d}/bad.txt", f"--model_dir={d}/r2"],
+        "class count": train + [f"--train_list={d}/bad.txt", f"--label_map={d}/labels3.txt", "--num_classes=5",
+                                f"--model_dir={d}/r3"],
+        "unknown format": ["--mode=convert", f"--source={d}/weights.bin", f"--output={d}/x.keras"],
+        "flag combination": ["--mode=export", "--export_format=onnx", "--export_precision=bfloat16"],
+        "debug": ["--mode=convert", f"--source={d}/weights.bin", f"--output={d}/x.keras", "--debug"],
+    }
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    started = {name: subprocess.Popen([sys.executable, APP, *argv], cwd=d, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True) for name, argv in cases.items()}
+    results = {}
+    for name, process in started.items():
+        out, err = process.communicate(timeout=300)
+        results[name] = (process.returncode, out, err)
+    return d, results
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing list", "list file {d}/nope.txt not found"),
+    ("malformed line", "{d}/bad.txt:2: "),
+    ("class count", "the label map has 3 classes but --num_classes=5"),
+    ("unknown format", "{d}/weights.bin: unknown weights format"),
+    ("flag combination", "--export_precision=bfloat16 is for --export_format=saved_model"),
+])
+def test_user_error_is_one_line_and_status_2(runs, case, message):
+    d, results = runs
+    status, out, err = results[case]
+    assert status == 2, (out, err)
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message.format(d=d) in errors[0], err
+    assert "Traceback" not in err + out
+
+
+def test_debug_shows_the_traceback(runs):
+    _, results = runs
+    status, out, err = results["debug"]
+    assert status != 0 and "Traceback" in err and "ConversionError" in err
+
+
+def test_no_lock_is_left_behind_by_a_failed_start(runs):
+    d, _ = runs
+    assert os.path.isdir(d / "r1") and not os.path.exists(d / "r1" / ".lock")
