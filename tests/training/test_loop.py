@@ -82,7 +82,7 @@ def test_train_then_eval_reproduces_top1_and_writes_artefacts(tmp_path, capsys):
 
 def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
     config = _config(tmp_path / "run", lr=1e30, lr_values=[1e30], clip_norm=0.0, epochs=1, validate=False)
-    with pytest.raises(NonFiniteLossError, match="last good checkpoint"):
+    with pytest.raises(NonFiniteLossError, match="No checkpoint was written yet: lower --lr"):
         train(config, data=fake_data)
 
 
@@ -244,3 +244,34 @@ def test_mixed_precision_steps_run_and_lower_the_loss(precision):
     assert losses[-1] < losses[0], losses
     if precision == "mixed_float16":
         assert float(optimizer.loss_scale) > 1.0
+
+
+def _tree_digest(folder):
+    import hashlib
+
+    digest = hashlib.sha256()
+    for root, _, files in sorted(os.walk(folder)):
+        for name in sorted(files):
+            digest.update(name.encode())
+            with open(os.path.join(root, name), "rb") as f:
+                digest.update(f.read())
+    return digest.hexdigest()
+
+
+def test_non_finite_loss_keeps_the_last_good_checkpoint_and_a_lower_lr_resumes_from_it(tmp_path):
+    good = _config(tmp_path / "run", epochs=1, validate=False)
+    train(good, data=fake_data)
+    checkpoints = os.path.join(good.model_dir, "checkpoints")
+    before = _tree_digest(checkpoints)
+    # Epoch 2 at an lr that overflows: the run stops within two steps, naming the step-4 checkpoint.
+    diverging = good.replace(epochs=2, lr=0.02, lr_values=[0.02, 1e30], lr_boundaries=[1], clip_norm=0.0)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step [56]: stopping\. The last good checkpoint is .*ckpt-0+4;"):
+        train(diverging, data=fake_data)
+    assert _tree_digest(checkpoints) == before  # nothing written over it, nothing newer
+    # The same command with a lower lr resumes from it and ends with finite weights.
+    with pytest.MonkeyPatch.context() as patch:
+        lines = []
+        patch.setattr("builtins.print", lambda *a, **k: lines.append(" ".join(map(str, a))))
+        train(diverging.replace(lr_values=[0.02, 0.002]), data=fake_data)
+    assert any("resumed from" in line and "at step 4" in line for line in lines), lines
+    assert all(np.isfinite(w).all() for w in _weights(good))

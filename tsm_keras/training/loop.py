@@ -18,14 +18,14 @@ import time
 import numpy as np
 
 from tsm_keras import runs
-from tsm_keras.errors import UsageError
+from tsm_keras.errors import UsageError, UserError
 from tsm_keras.loading import resolve_layout
 from tsm_keras.evaluation import Evaluator, write_reports
 from tsm_keras.training.logging import Progress, append_metrics, format_record, write_scalar
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+class NonFiniteLossError(UserError, RuntimeError):
+    """The loss diverged: a hyperparameter to change, not a bug (the last good checkpoint is intact)."""
 
 
 def train(config, *, data=None, stop_after_steps=None):
@@ -126,10 +126,13 @@ def train(config, *, data=None, stop_after_steps=None):
             step += 1
             steps_this_call += 1
             if not math.isfinite(loss_sum):
-                raise NonFiniteLossError(
-                    f"the training loss became {loss_sum} at epoch {epoch + 1}, step {step}: stopping. "
-                    f"The last good checkpoint is {manager.latest()}; lower --lr or --clip_norm, or use "
-                    "--precision=float32, then rerun the same command to resume from it.")
+                last = manager.latest()
+                resume = (f"The last good checkpoint is {last}; lower --lr or --clip_norm, or use "
+                          "--precision=float32, then rerun the same command to resume from it." if last else
+                          "No checkpoint was written yet: lower --lr or --clip_norm, or use --precision=float32, "
+                          "and rerun (it starts from the beginning).")
+                raise NonFiniteLossError(f"the training loss became {loss_sum} at epoch {epoch + 1}, step {step}: "
+                                         f"stopping. {resume}")
             sums += (loss_sum, top1, top5, count)
             # Throughput excludes the first step of a call (tracing and graph building).
             if timed_start is None:
