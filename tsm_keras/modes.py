@@ -30,17 +30,23 @@ def run_summary(config):
 def run_train(config, **options):
     """`options`: `tsm_keras.training.loop.train`'s (a stand-in data module in tests).
 
-    The writing worker holds `<model_dir>/.lock` for the whole run (`tsm_keras.runs.RunLock`).
+    The writing worker holds `<model_dir>/.lock` for the whole run (`tsm_keras.runs.RunLock`). Stopped by
+    SIGTERM/SIGINT after a checkpoint, it returns `training.preemption.PREEMPTED_STATUS` (75).
     """
     from tsm_keras import runs
     from tsm_keras.training.loop import train
+    from tsm_keras.training.preemption import TrainingPreempted
 
-    if not runs.is_chief_process():
-        _print_accuracy(train(config, **options))
+    try:
+        if not runs.is_chief_process():
+            _print_accuracy(train(config, **options))
+            return 0
+        with runs.RunLock(config.model_dir):
+            _print_accuracy(train(config, **options))
         return 0
-    with runs.RunLock(config.model_dir):
-        _print_accuracy(train(config, **options))
-    return 0
+    except TrainingPreempted as stopped:  # SIGTERM/SIGINT: checkpointed; the status says "rerun me"
+        print(stopped, file=sys.stderr, flush=True)
+        return stopped.status
 
 
 def run_eval(config, **options):

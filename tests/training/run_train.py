@@ -26,10 +26,9 @@ def main():
     from tsm_keras.modes import run_eval, run_train
 
     if "--eval" in sys.argv[2:]:
-        run_eval(Config(**values), data=fake_data)
-    else:
-        run_train(Config(**values), data=fake_data)
+        return run_eval(Config(**values), data=fake_data)
+    return run_train(Config(**values), data=fake_data)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -275,3 +275,67 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint_and_a_lower_lr_resumes_f
         train(diverging.replace(lr_values=[0.02, 0.002]), data=fake_data)
     assert any("resumed from" in line and "at step 4" in line for line in lines), lines
     assert all(np.isfinite(w).all() for w in _weights(good))
+
+
+def _wait_for_checkpoint(process, checkpoints, step):
+    deadline = time.time() + 300
+    while not (checkpoints / f"ckpt-{step:09d}").exists():
+        assert process.poll() is None and time.time() < deadline, f"no checkpoint at step {step}"
+        time.sleep(0.02)
+
+
+SIGNAL_RUN = dict(epochs=1, steps_per_epoch=40, checkpoint_every=4, deterministic=True, dropout=0.5, validate=False)
+
+
+def _interrupt(tmp_path, signum):
+    """A training subprocess signalled (twice: the second during or just before the save) after its step-4
+    checkpoint; returns (config, the step it stopped after)."""
+    config = _config(tmp_path / "interrupted", **SIGNAL_RUN)
+    process = _run(config, wait=False)
+    checkpoints = tmp_path / "interrupted" / "checkpoints"
+    _wait_for_checkpoint(process, checkpoints, 4)
+    process.send_signal(signum)
+    time.sleep(0.01)
+    process.send_signal(signum)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 75, output[-3000:]
+    stopped = [line for line in output.splitlines() if line.startswith(f"stopped by {signal.Signals(signum).name}")]
+    assert len(stopped) == 1, output[-3000:]
+    step = int(stopped[0].split("after step ")[1].split()[0])
+    assert 4 <= step < 40 and f"ckpt-{step:09d}" in stopped[0], stopped[0]
+    assert sorted(os.listdir(checkpoints))[-1] == f"ckpt-{step:09d}"
+    assert os.path.exists(checkpoints / f"ckpt-{step:09d}" / "state.json")  # complete
+    assert not os.path.exists(tmp_path / "interrupted" / ".lock")
+    return config, step
+
+
+def test_sigterm_mid_epoch_checkpoints_exits_75_and_the_rerun_ends_with_the_same_weights(tmp_path):
+    reference = _config(tmp_path / "reference", **SIGNAL_RUN)
+    _run(reference)
+    interrupted, step = _interrupt(tmp_path, signal.SIGTERM)
+    assert f"at step {step}" in _run(interrupted)
+    for a, b in zip(_weights(reference), _weights(interrupted)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_sigint_also_checkpoints_and_exits_75(tmp_path):
+    _interrupt(tmp_path, signal.SIGINT)
+
+
+def test_multi_worker_sigterm_to_one_worker_stops_both_after_the_same_step(tmp_path):
+    config = _config(tmp_path / "run", strategy="multi_worker", **dict(SIGNAL_RUN, deterministic=False))
+    workers = [f"localhost:{_free_port()}", f"localhost:{_free_port()}"]
+    processes = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
+        processes.append(_run(config, env={"TF_CONFIG": tf_config}, wait=False))
+    _wait_for_checkpoint(processes[0], tmp_path / "run" / "checkpoints", 4)
+    processes[1].send_signal(signal.SIGTERM)  # only the non-chief worker is preempted
+    steps = []
+    for process in processes:
+        output, _ = process.communicate(timeout=300)
+        assert process.returncode == 75, output[-3000:]
+        line = [line for line in output.splitlines() if line.startswith("stopped by")][0]
+        steps.append(int(line.split("after step ")[1].split()[0]))
+    assert steps[0] == steps[1]
+    assert sorted(os.listdir(tmp_path / "run" / "checkpoints"))[-1] == f"ckpt-{steps[0]:09d}"

@@ -22,6 +22,7 @@ from tsm_keras.errors import UsageError, UserError
 from tsm_keras.loading import resolve_layout
 from tsm_keras.evaluation import Evaluator, write_reports
 from tsm_keras.training.logging import Progress, append_metrics, format_record, write_scalar
+from tsm_keras.training.preemption import StopRequest, TrainingPreempted
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -108,81 +109,88 @@ def train(config, *, data=None, stop_after_steps=None):
     steps_this_call = 0
     last_val = state.get("last_val")
     record = {}
-    for epoch in range(step // steps_per_epoch, config.epochs):
-        skip = step - epoch * steps_per_epoch
-        progress = Progress(epoch, config.epochs, steps_per_epoch, skip, global_batch)
-        sums = np.zeros(4)
-        epoch_start, clips_seen, steps_timed, timed_start = time.time(), 0, 0, None
-        # Exactly the epoch's steps are drawn (no end-of-sequence request at the epoch's end). The last
-        # epoch's iterator is released before the next one is built, not while it runs.
-        iterator = None
-        iterator = iter(epoch_dataset(epoch, skip))
-        for _ in range(steps_per_epoch - skip):
-            loss_sum, top1, top5, count = (float(v) for v in train_step(_next_batch(iterator, epoch)))
-            # Read a variable the step updates (the step is done, so it costs nothing). Without it,
-            # epoch boundaries stalled on R50 with oneDNN backward kernels still running; the cause
-            # is not understood. benchmarks/train_speed.py watches for it.
-            optimizer.iterations.numpy()
-            step += 1
-            steps_this_call += 1
-            if not math.isfinite(loss_sum):
-                last = manager.latest()
-                resume = (f"The last good checkpoint is {last}; lower --lr or --clip_norm, or use "
-                          "--precision=float32, then rerun the same command to resume from it." if last else
-                          "No checkpoint was written yet: lower --lr or --clip_norm, or use --precision=float32, "
-                          "and rerun (it starts from the beginning).")
-                raise NonFiniteLossError(f"the training loss became {loss_sum} at epoch {epoch + 1}, step {step}: "
-                                         f"stopping. {resume}")
-            sums += (loss_sum, top1, top5, count)
-            # Throughput excludes the first step of a call (tracing and graph building).
-            if timed_start is None:
-                timed_start = time.time()
-            else:
-                steps_timed += 1
-                clips_seen += int(count)
-            clips_per_sec = clips_seen / max(time.time() - timed_start, 1e-9) if steps_timed else 0.0
-            lr = float(schedule(step - 1))
-            progress.update(step - epoch * steps_per_epoch, loss_sum / max(count, 1), lr, clips_per_sec)
-            if writer is not None and (step % 10 == 0 or step == 1):
+    # SIGTERM/SIGINT set a flag the loop reads after each step (training.preemption).
+    with StopRequest(strategy) as stop:
+        for epoch in range(step // steps_per_epoch, config.epochs):
+            skip = step - epoch * steps_per_epoch
+            progress = Progress(epoch, config.epochs, steps_per_epoch, skip, global_batch)
+            sums = np.zeros(4)
+            epoch_start, clips_seen, steps_timed, timed_start = time.time(), 0, 0, None
+            # Exactly the epoch's steps are drawn (no end-of-sequence request at the epoch's end). The last
+            # epoch's iterator is released before the next one is built, not while it runs.
+            iterator = None
+            iterator = iter(epoch_dataset(epoch, skip))
+            for _ in range(steps_per_epoch - skip):
+                loss_sum, top1, top5, count = (float(v) for v in train_step(_next_batch(iterator, epoch)))
+                # Read a variable the step updates (the step is done, so it costs nothing). Without it,
+                # epoch boundaries stalled on R50 with oneDNN backward kernels still running; the cause
+                # is not understood. benchmarks/train_speed.py watches for it.
+                optimizer.iterations.numpy()
+                step += 1
+                steps_this_call += 1
+                if not math.isfinite(loss_sum):
+                    last = manager.latest()
+                    resume = (f"The last good checkpoint is {last}; lower --lr or --clip_norm, or use "
+                              "--precision=float32, then rerun the same command to resume from it." if last else
+                              "No checkpoint was written yet: lower --lr or --clip_norm, or use --precision=float32, "
+                              "and rerun (it starts from the beginning).")
+                    raise NonFiniteLossError(f"the training loss became {loss_sum} at epoch {epoch + 1}, step {step}: "
+                                             f"stopping. {resume}")
+                sums += (loss_sum, top1, top5, count)
+                # Throughput excludes the first step of a call (tracing and graph building).
+                if timed_start is None:
+                    timed_start = time.time()
+                else:
+                    steps_timed += 1
+                    clips_seen += int(count)
+                clips_per_sec = clips_seen / max(time.time() - timed_start, 1e-9) if steps_timed else 0.0
+                lr = float(schedule(step - 1))
+                progress.update(step - epoch * steps_per_epoch, loss_sum / max(count, 1), lr, clips_per_sec)
+                if writer is not None and (step % 10 == 0 or step == 1):
+                    with writer.as_default(step=step):
+                        write_scalar("train/loss", loss_sum / max(count, 1))
+                        write_scalar("train/lr", lr)
+                        if steps_timed:
+                            write_scalar("train/clips_per_sec", clips_per_sec)
+                every = int(config.checkpoint_every or 0)
+                saved = chief and every and step % every == 0 and step % steps_per_epoch
+                if saved:
+                    manager.save(step, dict(epoch=epoch, best_val_top1=best_top1, last_val=last_val))
+                if stop.requested():
+                    progress.close()
+                    _save_and_stop(stop, manager, step, epoch, steps_per_epoch, chief and not saved,
+                                   dict(epoch=epoch, best_val_top1=best_top1, last_val=last_val))
+                if stop_after_steps is not None and steps_this_call >= stop_after_steps:
+                    progress.close()
+                    return None
+            progress.close()
+            record = dict(epoch=epoch + 1, step=step, lr=float(schedule(step - 1)),
+                          train_loss=sums[0] / max(sums[3], 1), train_top1=sums[1] / max(sums[3], 1),
+                          train_top5=sums[2] / max(sums[3], 1), epoch_seconds=time.time() - epoch_start,
+                          clips_per_sec=clips_seen / max(time.time() - timed_start, 1e-9) if steps_timed else None)
+            bad_samples = getattr(data, "BAD_SAMPLES", None)  # optional in the data contract
+            if bad_samples is not None:
+                record["bad_samples_skipped"] = int(bad_samples.take())
+            is_best = False
+            if config.validate:
+                val = evaluator.run()
+                last_val = dict(top1=val["top1"], top5=val["top5"], mean_class_accuracy=val["mean_class_accuracy"])
+                record.update({f"val_{k}": v for k, v in last_val.items()})
+                is_best = val["top1"] > best_top1
+                best_top1 = max(best_top1, val["top1"])
+                if chief and is_best:
+                    save_weights_atomic(model, os.path.join(model_dir, runs.BEST_WEIGHTS_FILE))
+            print(f"epoch {epoch + 1}/{config.epochs}: {format_record(record)}", flush=True)
+            if chief:
+                manager.save(step, dict(epoch=epoch + 1, best_val_top1=best_top1, last_val=last_val,
+                                        val_top1=record.get("val_top1")), best=is_best)
+                append_metrics(os.path.join(model_dir, runs.METRICS_FILE), record)
                 with writer.as_default(step=step):
-                    write_scalar("train/loss", loss_sum / max(count, 1))
-                    write_scalar("train/lr", lr)
-                    if steps_timed:
-                        write_scalar("train/clips_per_sec", clips_per_sec)
-            every = int(config.checkpoint_every or 0)
-            if chief and every and step % every == 0 and step % steps_per_epoch:
-                manager.save(step, dict(epoch=epoch, best_val_top1=best_top1, last_val=last_val))
-            if stop_after_steps is not None and steps_this_call >= stop_after_steps:
-                progress.close()
-                return None
-        progress.close()
-        record = dict(epoch=epoch + 1, step=step, lr=float(schedule(step - 1)),
-                      train_loss=sums[0] / max(sums[3], 1), train_top1=sums[1] / max(sums[3], 1),
-                      train_top5=sums[2] / max(sums[3], 1), epoch_seconds=time.time() - epoch_start,
-                      clips_per_sec=clips_seen / max(time.time() - timed_start, 1e-9) if steps_timed else None)
-        bad_samples = getattr(data, "BAD_SAMPLES", None)  # optional in the data contract
-        if bad_samples is not None:
-            record["bad_samples_skipped"] = int(bad_samples.take())
-        is_best = False
-        if config.validate:
-            val = evaluator.run()
-            last_val = dict(top1=val["top1"], top5=val["top5"], mean_class_accuracy=val["mean_class_accuracy"])
-            record.update({f"val_{k}": v for k, v in last_val.items()})
-            is_best = val["top1"] > best_top1
-            best_top1 = max(best_top1, val["top1"])
-            if chief and is_best:
-                save_weights_atomic(model, os.path.join(model_dir, runs.BEST_WEIGHTS_FILE))
-        print(f"epoch {epoch + 1}/{config.epochs}: {format_record(record)}", flush=True)
-        if chief:
-            manager.save(step, dict(epoch=epoch + 1, best_val_top1=best_top1, last_val=last_val,
-                                    val_top1=record.get("val_top1")), best=is_best)
-            append_metrics(os.path.join(model_dir, runs.METRICS_FILE), record)
-            with writer.as_default(step=step):
-                for key, value in record.items():
-                    if isinstance(value, float) and key != "epoch_seconds":
-                        name = key.replace("val_", "val/").replace("train_", "train/")
-                        write_scalar(name if "/" in name else f"epoch/{name}", value)
-            writer.flush()
+                    for key, value in record.items():
+                        if isinstance(value, float) and key != "epoch_seconds":
+                            name = key.replace("val_", "val/").replace("train_", "train/")
+                            write_scalar(name if "/" in name else f"epoch/{name}", value)
+                writer.flush()
 
     # Final weights: the chief's in model_dir; other workers' beside them, so runs can be compared.
     if chief:
@@ -200,6 +208,23 @@ def train(config, *, data=None, stop_after_steps=None):
         final["weights"] = os.path.abspath(os.path.join(model_dir, runs.WEIGHTS_FILE))
         write_reports(model_dir, final, label_names)
     return final
+
+
+def _save_and_stop(stop, manager, step, epoch, steps_per_epoch, save, state):
+    """Write the checkpoint of `step` (unless just written) and raise TrainingPreempted saying where."""
+    import time
+
+    started = time.time()
+    stop.saving = True
+    try:
+        if save:
+            manager.save(step, state)
+    finally:
+        stop.saving = False
+    where = manager.latest()
+    raise TrainingPreempted(f"stopped by {stop.signal_name} after step {step} (epoch {epoch + 1}, "
+                            f"{step - epoch * steps_per_epoch} of {steps_per_epoch} steps); checkpoint {where} "
+                            f"written in {time.time() - started:.1f} s; rerun the same command to resume from it")
 
 
 def _next_batch(iterator, epoch):
