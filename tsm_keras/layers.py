@@ -254,3 +254,32 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             inputs, gamma, beta, mean=tf.cast(self.moving_mean.value, tf.float32),
             variance=tf.cast(self.moving_variance.value, tf.float32), epsilon=self.epsilon, data_format="NHWC",
             is_training=False)[0]
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class NegativeInfinityPadding2D(keras.layers.Layer):
+    """Pad height and width of `[batch, height, width, channels]` by `padding` on each side with -inf.
+
+    For a max pool that must ignore its padding, as Paddle's and PyTorch's do, when the input can be
+    negative (after a LeakyReLU): zero padding would win the max there. Keras' `padding="same"` pads
+    (0, 1) on even sizes at stride 2, the references (1, 1), so the window positions would differ.
+    """
+
+    def __init__(self, padding=1, **kwargs):
+        super().__init__(**kwargs)
+        if int(padding) < 0:
+            raise ValueError(f"NegativeInfinityPadding2D: padding must be >= 0, got {padding}.")
+        self.padding = int(padding)
+
+    def call(self, inputs):
+        p = self.padding
+        return ops.pad(inputs, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=float("-inf"))
+
+    def compute_output_shape(self, input_shape):
+        grow = lambda size: None if size is None else size + 2 * self.padding  # noqa: E731
+        return (input_shape[0], grow(input_shape[1]), grow(input_shape[2]), input_shape[3])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(padding=self.padding)
+        return config
