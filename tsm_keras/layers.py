@@ -283,3 +283,31 @@ class NegativeInfinityPadding2D(keras.layers.Layer):
         config = super().get_config()
         config.update(padding=self.padding)
         return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class UnfusedLeakyReLU(keras.layers.Layer):
+    """LeakyReLU computed as `max(x, negative_slope * x)`: the same values for 0 <= slope <= 1, other ops.
+
+    Why: TensorFlow's CPU graph optimizer (grappler's remapper, TF 2.21) fuses Conv2D + BiasAdd + Add +
+    LeakyRelu, the end of a residual block once BatchNorm is folded into the convs, into one kernel that
+    ignores `alpha` and uses its default 0.2: inside a `tf.function` (export, predict, eval) the logits
+    are wrong, eagerly right. A Maximum is not part of that pattern.
+    """
+
+    def __init__(self, negative_slope=0.01, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= float(negative_slope) <= 1.0:
+            raise ValueError(f"UnfusedLeakyReLU: negative_slope must be in [0, 1], got {negative_slope}.")
+        self.negative_slope = float(negative_slope)
+
+    def call(self, inputs):
+        return ops.maximum(inputs, inputs * ops.cast(self.negative_slope, inputs.dtype))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(negative_slope=self.negative_slope)
+        return config

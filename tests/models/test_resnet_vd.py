@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import tsm_keras
-from tsm_keras.layers import NegativeInfinityPadding2D, TemporalShift
+from tsm_keras.layers import NegativeInfinityPadding2D, TemporalShift, UnfusedLeakyReLU
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from harness import check_precision, check_serialization  # noqa: E402
@@ -69,6 +69,37 @@ def test_negative_infinity_padding_serializes_and_keeps_the_policy_dtype():
         NegativeInfinityPadding2D(-1)
 
 
+def test_unfused_leaky_relu_is_leaky_relu():
+    x = np.random.default_rng(3).normal(size=(2, 3, 4, 5)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(UnfusedLeakyReLU(0.01)(x)),
+                                  np.asarray(keras.layers.LeakyReLU(negative_slope=0.01)(x)))
+    check_serialization(UnfusedLeakyReLU(0.02), x)
+    check_precision(lambda: UnfusedLeakyReLU(0.01), x)
+    with pytest.raises(ValueError, match="negative_slope"):
+        UnfusedLeakyReLU(1.5)
+
+
+def test_folded_vd_model_gives_the_same_logits_inside_a_tf_function():
+    """TensorFlow's graph optimizer fuses conv + bias + add + LeakyRelu with slope 0.2 whatever the layer's
+    slope; the folded model (what export, predict and eval run, in graphs) must not meet that pattern."""
+    import tensorflow as tf
+
+    from tsm_keras.models import fold_batchnorm
+
+    model = tsm_keras.build_tsm(3, num_segments=2, backbone="resnet50_vd", image_size=40, normalize_input=True)
+    rng = np.random.default_rng(4)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            shape = layer.gamma.shape
+            layer.set_weights([rng.uniform(0.5, 1.5, shape), rng.normal(0, 0.2, shape), rng.normal(0, 0.2, shape),
+                               rng.uniform(0.5, 2.0, shape)])
+    folded = fold_batchnorm(model)
+    clips = rng.integers(0, 256, (2, 2, 40, 40, 3)).astype(np.float32)
+    eager = model(clips, training=False).numpy()
+    graph = tf.function(lambda x: folded(x, training=False))(clips).numpy()
+    np.testing.assert_allclose(graph, eager, rtol=0, atol=1e-4 * np.abs(eager).max())
+
+
 def test_resnet50_vd_has_paddles_parameter_count_and_pptsm_head_init():
     model = tsm_keras.build_tsm(400, backbone="resnet50_vd")
     # PaddleVideo ResNetTweaksTSM(depth=50)'s trainable parameters: 23,527,264 (test_pptsm.py counts them
@@ -82,7 +113,7 @@ def test_resnet50_vd_has_paddles_parameter_count_and_pptsm_head_init():
     assert {"conv1_1", "bn_conv1_1", "conv1_3", "bn_conv1_3", "pool1", "res2a_branch1", "res3a_branch1_pool",
             "res3a_branch1", "bn3a_branch1", "res5c_branch2c"} <= names
     assert "res2a_branch1_pool" not in names and "conv1" not in names  # stage 2's shortcut has no pool (if_first)
-    leaky = [layer for layer in model.layers if isinstance(layer, keras.layers.LeakyReLU)]
+    leaky = [layer for layer in model.layers if isinstance(layer, (keras.layers.LeakyReLU, UnfusedLeakyReLU))]
     assert len(leaky) == 3 + 16 * 3 and {layer.negative_slope for layer in leaky} == {0.01}
     assert not any(isinstance(layer, keras.layers.ReLU) for layer in model.layers)
 

@@ -5,7 +5,8 @@ What differs from `resnet.py` (He et al., "Bag of Tricks", ResNet-C and -D), as 
 - the stem is three 3x3 convs (32, 32, 64 channels, the first at stride 2) instead of one 7x7;
 - a downsampling shortcut averages 2x2 (stride 2, `ceil_mode=True`, padding excluded from the
   mean) before a stride-1 1x1 conv; the first block of stage 2 (`if_first`) keeps a plain 1x1 conv;
-- every activation is a LeakyReLU of slope 0.01 (Paddle's default), the stem's and the blocks'.
+- every activation is a LeakyReLU of slope 0.01 (Paddle's default), the stem's and the blocks'
+  (`UnfusedLeakyReLU` after each residual add, against a TensorFlow fusion bug).
 
 Layer names: `conv1_1`..`conv1_3` with `bn_conv1_1`..`bn_conv1_3` for the stem, then the Caffe
 scheme of `resnet.py` (`res3a_branch1_pool`, `res3a_branch1`, `bn3a_branch1`, ...): PaddleVideo's
@@ -14,7 +15,7 @@ block `bb_{stage-2}_{i}` is our `res{stage}{a,b,...}` (`a, b1..b22` in ResNet-10
 
 from keras import layers
 
-from tsm_keras.layers import NegativeInfinityPadding2D, TemporalShift
+from tsm_keras.layers import NegativeInfinityPadding2D, TemporalShift, UnfusedLeakyReLU
 from tsm_keras.models.resnet import RESNET_SPECS, activation, block_name, conv_bn
 
 VD_BACKBONES = {"resnet50_vd": 50, "resnet101_vd": 101}
@@ -44,7 +45,9 @@ def vd_block(x, planes, stride, name, shift_layer, shift_place, first, fold_batc
         shortcut = conv_bn(shortcut, planes * 4, 1, 1, f"res{name}_branch1", f"bn{name}_branch1", relu=False,
                            **common)
     out = layers.Add(name=f"res{name}_add")([y, shortcut])
-    return activation(LEAKY_SLOPE, f"res{name}_relu")(out)
+    # Not keras' LeakyReLU here: TensorFlow's graph optimizer fuses conv + bias + add + LeakyRelu with the wrong
+    # slope (see UnfusedLeakyReLU), which is what this block becomes with BatchNorm folded.
+    return UnfusedLeakyReLU(LEAKY_SLOPE, name=f"res{name}_relu")(out)
 
 
 def resnet_vd_tsm_features(frames, depth=50, num_segments=8, shift="bidirectional", shift_div=8,
