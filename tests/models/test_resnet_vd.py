@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import tsm_keras
+from tsm_keras.models.flops import count_macs
 from tsm_keras.layers import NegativeInfinityPadding2D, TemporalShift, UnfusedLeakyReLU
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -113,6 +114,9 @@ def test_resnet50_vd_has_paddles_parameter_count_and_pptsm_head_init():
     assert {"conv1_1", "bn_conv1_1", "conv1_3", "bn_conv1_3", "pool1", "res2a_branch1", "res3a_branch1_pool",
             "res3a_branch1", "bn3a_branch1", "res5c_branch2c"} <= names
     assert "res2a_branch1_pool" not in names and "conv1" not in names  # stage 2's shortcut has no pool (if_first)
+    # PaddleClas gives ResNet50_vd 4.35 GFLOPs (multiply-accumulates) per 224^2 frame, R50 4.11.
+    macs = count_macs(model, (1, 8, 224, 224, 3))["macs"]
+    assert abs(macs - 8 * 4.35e9) / (8 * 4.35e9) < 0.02, macs
     leaky = [layer for layer in model.layers if isinstance(layer, (keras.layers.LeakyReLU, UnfusedLeakyReLU))]
     assert len(leaky) == 3 + 16 * 3 and {layer.negative_slope for layer in leaky} == {0.01}
     assert not any(isinstance(layer, keras.layers.ReLU) for layer in model.layers)
