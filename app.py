@@ -61,7 +61,9 @@ flags.DEFINE_string("sthv2_annotations", "", "prepare: Something-Something V2 fo
 flags.DEFINE_string("frames_dir", "", "prepare: extract the videos of --train_list/--val_list into frame folders here.")
 
 # Model.
-flags.DEFINE_enum("backbone", "resnet50", ["resnet18", "resnet34", "resnet50", "resnet101"], "Backbone.")
+flags.DEFINE_enum("backbone", "resnet50",
+                  ["resnet18", "resnet34", "resnet50", "resnet101", "resnet50_vd", "resnet101_vd"],
+                  "Backbone (the _vd ones: PP-TSM's ResNet-vd with ppTSMHead's N(0, 0.01) classifier init).")
 flags.DEFINE_enum("shift", "bidirectional", ["bidirectional", "unidirectional", "none"], "Temporal shift (none = TSN).")
 flags.DEFINE_integer("shift_div", 8, "1/shift_div of the channels shift each way.")
 flags.DEFINE_enum("shift_place", "blockres", ["blockres", "block"], "Where the shift goes in a block.")

@@ -19,11 +19,26 @@ def _float32_policy():
 def tiny_tsm():
     """One small TSM for the whole test run (ResNet-18, T=2, 32 px, 3 classes, raw 0-255 input), with
     non-trivial BatchNorm statistics. Built under float32; tests must not train or change it."""
-    import numpy as np
-
     keras.mixed_precision.set_dtype_policy("float32")
     model = tsm_keras.build_tsm(3, num_segments=2, backbone="resnet18", image_size=32, normalize_input=True)
-    rng = np.random.default_rng(0)
+    return _trained_looking(model)
+
+
+@pytest.fixture(scope="session")
+def tiny_pptsm():
+    """A small PP-TSM for the export/predict/eval paths (ResNet-50-vd, T=2, 40 px: stages 3-5 are 5, 3 and 2 px,
+    so the ceil-mode shortcut pools of stages 4 and 5 meet odd sizes; 3 classes, raw 0-255 input, Paddle's
+    shift), with non-trivial BatchNorm statistics. Built under float32; tests must not train or change it."""
+    keras.mixed_precision.set_dtype_policy("float32")
+    model = tsm_keras.build_tsm(3, num_segments=2, backbone="resnet50_vd", convention="paddle", image_size=40,
+                                dropout=0.0, normalize_input=True)
+    return _trained_looking(model)
+
+
+def _trained_looking(model, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
     weights = []
     for variable in model.weights:
         value = variable.numpy()

@@ -237,3 +237,24 @@ def test_app_predict_with_saved_model(trained_run, exported, tmp_path):
     assert record["video"] == path and len(record["predictions"]) == 3
     assert record["predictions"][0]["label"] == name
     assert f"1. {record['predictions'][0]['probability']:.4f}  {name}" in result.stdout
+
+
+def test_pptsm_run_folder_predicts_what_the_model_gives(tiny_pptsm, tmp_path):
+    """A run folder whose config.json says backbone=resnet50_vd, convention=paddle: load() rebuilds PP-TSM from
+    it and predict_clips (short side to scale_size, centre crop) gives the model's own probabilities."""
+    import tsm_keras
+    from tsm_keras.config import Config
+    from tsm_keras.runs import WEIGHTS_FILE, write_run_files
+
+    config = Config(backbone="resnet50_vd", convention="paddle", num_classes=3, num_segments=2, image_size=40,
+                    scale_size=48, dropout=0.0, model_dir=str(tmp_path / "run"))
+    write_run_files(config.model_dir, config, ["a", "b", "c"])
+    tiny_pptsm.save_weights(os.path.join(config.model_dir, WEIGHTS_FILE))
+    classifier = tsm_keras.load(config.model_dir)
+    clips = np.random.default_rng(5).integers(0, 256, (2, 2, 48, 48, 3), dtype=np.uint8)
+    logits = tiny_pptsm(clips[:, :, 4:44, 4:44].astype(np.float32), training=False).numpy()
+    expected = np.exp(logits - logits.max(-1, keepdims=True))
+    expected /= expected.sum(-1, keepdims=True)
+    results = classifier.predict_clips(clips)
+    np.testing.assert_allclose([r["probabilities"] for r in results], expected, atol=1e-5)
+    assert [r["predictions"][0]["label"] for r in results] == [["a", "b", "c"][i] for i in expected.argmax(-1)]

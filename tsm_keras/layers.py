@@ -254,3 +254,60 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             inputs, gamma, beta, mean=tf.cast(self.moving_mean.value, tf.float32),
             variance=tf.cast(self.moving_variance.value, tf.float32), epsilon=self.epsilon, data_format="NHWC",
             is_training=False)[0]
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class NegativeInfinityPadding2D(keras.layers.Layer):
+    """Pad height and width of `[batch, height, width, channels]` by `padding` on each side with -inf.
+
+    For a max pool that must ignore its padding, as Paddle's and PyTorch's do, when the input can be
+    negative (after a LeakyReLU): zero padding would win the max there. Keras' `padding="same"` pads
+    (0, 1) on even sizes at stride 2, the references (1, 1), so the window positions would differ.
+    """
+
+    def __init__(self, padding=1, **kwargs):
+        super().__init__(**kwargs)
+        if int(padding) < 0:
+            raise ValueError(f"NegativeInfinityPadding2D: padding must be >= 0, got {padding}.")
+        self.padding = int(padding)
+
+    def call(self, inputs):
+        p = self.padding
+        return ops.pad(inputs, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=float("-inf"))
+
+    def compute_output_shape(self, input_shape):
+        grow = lambda size: None if size is None else size + 2 * self.padding  # noqa: E731
+        return (input_shape[0], grow(input_shape[1]), grow(input_shape[2]), input_shape[3])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(padding=self.padding)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class UnfusedLeakyReLU(keras.layers.Layer):
+    """LeakyReLU computed as `max(x, negative_slope * x)`: the same values for 0 <= slope <= 1, other ops.
+
+    Why: TensorFlow's CPU graph optimizer (grappler's remapper, TF 2.21) fuses Conv2D + BiasAdd + Add +
+    LeakyRelu, the end of a residual block once BatchNorm is folded into the convs, into one kernel that
+    ignores `alpha` and uses its default 0.2: inside a `tf.function` (export, predict, eval) the logits
+    are wrong, eagerly right. A Maximum is not part of that pattern.
+    """
+
+    def __init__(self, negative_slope=0.01, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= float(negative_slope) <= 1.0:
+            raise ValueError(f"UnfusedLeakyReLU: negative_slope must be in [0, 1], got {negative_slope}.")
+        self.negative_slope = float(negative_slope)
+
+    def call(self, inputs):
+        return ops.maximum(inputs, inputs * ops.cast(self.negative_slope, inputs.dtype))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(negative_slope=self.negative_slope)
+        return config

@@ -6,9 +6,10 @@ It writes a randomized ResNetTSM(50) + Linear head as .pdparams in each key styl
 `reference.npz` with a random clip `[1, T, 3, H, W]` and PaddleVideo's logits for it.
 
 `ppvideo` cannot be imported as a package on paddle 3.x (it imports paddle.fluid), so
-`resnet_tsm.py` is loaded by path with its three relative imports stubbed (the BACKBONES
-registry decorator, weight_init, load_ckpt: none is used by the forward pass) and
-`paddle.device.is_compiled_with_npu` (removed in paddle 3.x) reading False.
+`resnet_tsm.py` is loaded by path with its relative imports stubbed (`load_ppvideo_modules`: the
+BACKBONES registry decorator, weight_init, load_ckpt: none is used by the forward pass) and
+`paddle.device.is_compiled_with_npu` (removed in paddle 3.x) reading False. `pptsm_reference.py`
+loads PP-TSM's files the same way.
 """
 
 import importlib.util
@@ -19,34 +20,57 @@ import types
 import numpy as np
 
 
-def load_resnet_tsm_module():
+def load_ppvideo_modules(*relative_paths):
+    """Load `ppvideo/paddlevideo/modeling/<relative path>` files by path, in order (a file may import an
+    earlier one relatively, e.g. heads/pptsm_head.py -> heads/tsn_head.py -> heads/base.py); returns them.
+
+    Their other imports are stubbed: the BACKBONES/HEADS registry decorators, weight_init, load_ckpt,
+    build_loss and paddlevideo.utils' logger (none is used by the forward pass).
+    """
     import paddle
 
     spec = importlib.util.find_spec("ppvideo")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("ppvideo is not installed (pip install --no-deps ppvideo==2.3.1)")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "paddlevideo", "modeling", "backbones",
-                        "resnet_tsm.py")
+    modeling = os.path.join(list(spec.submodule_search_locations)[0], "paddlevideo", "modeling")
     if not hasattr(paddle.device, "is_compiled_with_npu"):
         paddle.device.is_compiled_with_npu = lambda: False
 
     root = "_ppvideo_stub"
     registry = types.ModuleType(f"{root}.modeling.registry")
-    registry.BACKBONES = types.SimpleNamespace(register=lambda *a, **k: (lambda cls: cls))
+    registry.BACKBONES = registry.HEADS = types.SimpleNamespace(register=lambda *a, **k: (lambda cls: cls))
     weight_init = types.ModuleType(f"{root}.modeling.weight_init")
     weight_init.weight_init_ = lambda *a, **k: None
+    builder = types.ModuleType(f"{root}.modeling.builder")
+    builder.build_loss = lambda *a, **k: None
     utils = types.ModuleType(f"{root}.utils")
     utils.load_ckpt = lambda *a, **k: None
-    packages = {root: None, f"{root}.modeling": None, f"{root}.modeling.backbones": None}
+    save_load = types.ModuleType(f"{root}.utils.save_load")  # resnet_tweaks_tsm.py imports load_ckpt from here
+    save_load.load_ckpt = utils.load_ckpt
+    # heads/base.py imports `paddlevideo.utils` absolutely.
+    absolute_utils = types.ModuleType("paddlevideo.utils")
+    absolute_utils.get_logger = lambda *a, **k: types.SimpleNamespace(info=print, warning=print)
+    absolute_utils.get_dist_info = lambda: (0, 1)
+    packages = [root, f"{root}.modeling", f"{root}.modeling.backbones", f"{root}.modeling.heads", "paddlevideo"]
+    for module in (registry, weight_init, builder, utils, save_load, absolute_utils):
+        sys.modules[module.__name__] = module
     for name in packages:
         module = sys.modules.setdefault(name, types.ModuleType(name))
         module.__path__ = []
-    for module in (registry, weight_init, utils):
-        sys.modules[module.__name__] = module
-    module_spec = importlib.util.spec_from_file_location(f"{root}.modeling.backbones.resnet_tsm", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
+    utils.__path__ = []
+    loaded = []
+    for relative in relative_paths:
+        name = f"{root}.modeling." + relative[:-len(".py")].replace("/", ".")
+        module_spec = importlib.util.spec_from_file_location(name, os.path.join(modeling, relative))
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        module_spec.loader.exec_module(module)
+        loaded.append(module)
+    return loaded
+
+
+def load_resnet_tsm_module():
+    return load_ppvideo_modules("backbones/resnet_tsm.py")[0]
 
 
 def randomize(layer, seed):

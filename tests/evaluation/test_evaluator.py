@@ -124,3 +124,24 @@ def test_evaluator_metrics_do_not_depend_on_the_eval_batch(tiny_tsm):
         assert metrics["num_samples"] == results[0]["num_samples"]
         assert metrics["top1"] == results[0]["top1"] and metrics["top5"] == results[0]["top5"]
         np.testing.assert_array_equal(metrics["confusion"], results[0]["confusion"])
+
+
+def test_evaluator_on_a_pptsm_model_counts_what_the_model_predicts(tiny_pptsm):
+    """--mode=eval's Evaluator on a ResNet-50-vd TSM: its top-1 is the one the model's own logits give."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "training"))
+    import fake_data
+    from tsm_keras.config import Config
+    from tsm_keras.evaluation import Evaluator
+
+    config = Config(num_classes=3, num_segments=2, image_size=40, batch_size=8, backbone="resnet50_vd")
+    metrics = Evaluator(tiny_pptsm, config, fake_data).run()
+    clips, labels = fake_data.make_clips(fake_data.NUM_VAL, 2, 40, seed=2)  # the validation split's clips
+    expected = tiny_pptsm(clips.astype(np.float32), training=False).numpy()
+    assert metrics["num_samples"] == fake_data.NUM_VAL
+    assert metrics["top1"] == pytest.approx(float(np.mean(expected.argmax(-1) == labels)))
+    # The logits the Evaluator ranks, not only their argmax.
+    logits, _ = predict_dataset(tiny_pptsm, fake_data.build_dataset(config, "val", batch_size=8, shuffle=False))
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4 * np.abs(expected).max())

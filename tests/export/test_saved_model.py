@@ -277,3 +277,22 @@ def test_bfloat16_export_needs_a_tsm(tmp_path):
         inference_form(other, precision="bfloat16")
     with pytest.raises(ValueError, match="precision must be one of"):
         inference_form(other, precision="float16")
+
+
+def test_pptsm_resnet50_vd_exports_and_serves_without_tsm_keras(tiny_pptsm, tmp_path):
+    """PP-TSM's graph (-inf padding before the stem max pool, ceil-mode shortcut pools, LeakyReLU) exports, folded,
+    and a fresh process without tsm_keras serves the same logits as the Keras model."""
+    from tsm_keras.export.saved_model import export_saved_model
+
+    labels = ["a", "b", "c"]
+    path = export_saved_model(tiny_pptsm, str(tmp_path / "pptsm"), label_names=labels, scale_size=48, top_k=2)
+    rng = np.random.default_rng(4)
+    clips = rng.uniform(0, 255, (2, 2, 40, 40, 3)).astype(np.float32)
+    frames = rng.integers(0, 256, (1, 2, 48, 48, 3), dtype=np.uint8)  # short side = scale_size: a pure centre crop
+    expected = tiny_pptsm(clips, training=False).numpy()
+    expected_frames = softmax(tiny_pptsm(frames[:, :, 4:44, 4:44].astype(np.float32), training=False).numpy())
+
+    out = run_fresh(path, tmp_path, frames=frames, clips=clips)
+
+    np.testing.assert_allclose(out["clips_logits"], expected, atol=1e-5 * max(1.0, np.abs(expected).max()), rtol=0)
+    np.testing.assert_allclose(out["default_probabilities"], expected_frames, atol=1e-6)

@@ -9,7 +9,7 @@ FORMATS = {
     "keras": ".keras model from this project (architecture + weights)",
     "keras-weights": ".weights.h5 saved from this project's model (with the .architecture.json --mode=convert "
                      "writes beside it, or the same architecture arguments)",
-    "paddle": "PaddleVideo .pdparams (structured or parameter names)",
+    "paddle": "PaddleVideo .pdparams: ResNet-TSM or PP-TSM (ResNet-vd), structured or parameter names",
     "pytorch": "official TSM PyTorch .pth / .pth.tar (needs torch)",
     "keras-applications": "keras.applications ResNet50/101 .h5",
 }

@@ -6,9 +6,13 @@ A `.pdparams` file is a pickled dict of numpy arrays. Two key styles exist:
   `backbone.conv._conv.weight`, `backbone.conv._batch_norm.{weight,bias,_mean,_variance}`,
   `backbone.res2a.conv0._conv.weight` (conv0/conv1/conv2 = branch2a/2b/2c, `short` = branch1),
   `head.fc.{weight,bias}`; the `backbone.`/`head.` prefixes may be absent.
+  PP-TSM (ResNetTweaksTSM + ppTSMHead, e.g. `ppTSM_k400_uniform.pdparams`) names its stem
+  `backbone.conv1_1` .. `conv1_3` and its blocks `backbone.bb_{stage-2}_{i}` (`bb_1_0` = res3a);
+  those files build `resnet50_vd` / `resnet101_vd`.
 - parameter names (PaddleClas-era ImageNet files such as `ResNet50_pretrain.pdparams`):
   `conv1_weights`, `bn_conv1_{scale,offset,mean,variance}`, `res2a_branch2a_weights`,
-  `bn2a_branch2a_scale`, ..., `fc_0.w_0`, `fc_0.b_0` (TSMHead names its fc parameters so).
+  `bn2a_branch2a_scale`, ..., `fc_0.w_0`, `fc_0.b_0` (TSMHead names its fc parameters so); the
+  ResNet-vd stem is `conv1_1_weights`, `bnv1_1_scale`, ... (Paddle's "bn" + name[3:]).
 
 Conv kernels are OIHW (-> HWIO); Paddle's Linear weight is already `[in, out]`; BN epsilon is 1e-5
 as here. PaddleVideo shifts channels [0, C/T) from t-1 and [C/T, 2C/T) from t+1: the model is
@@ -22,6 +26,8 @@ import numpy as np
 
 from tsm_keras.convert.converted import (ConversionError, ConvertedWeights, canonical_block, resnet_layers,
                                          stage_block_index)
+from tsm_keras.models.resnet import block_name
+from tsm_keras.models.resnet_vd import VD_BACKBONES
 
 # What Paddle pickles next to the arrays; anything else in a .pdparams is refused.
 _SAFE_GLOBALS = {
@@ -36,9 +42,11 @@ PADDLE_BUILD = dict(convention="paddle", shift_place="blockres", stride_in_1x1=F
 
 _STRUCTURED = re.compile(r"^(?:backbone\.)?(?:(conv)|res(\d)([a-z]\d*)\.(conv0|conv1|conv2|short))\."
                          r"(_conv|_batch_norm)\.(weight|bias|_mean|_variance)$")
+_STRUCTURED_VD = re.compile(r"^(?:backbone\.)?(?:conv1_([123])|bb_(\d+)_(\d+)\.(conv0|conv1|conv2|short))\."
+                            r"(_conv|_batch_norm)\.(weight|bias|_mean|_variance)$")
 _STRUCTURED_HEAD = re.compile(r"^(?:head\.)?fc\.(weight|bias)$")
-_PARAM_CONV = re.compile(r"^(?:conv1|res(\d)([a-z]\d*)_(branch2a|branch2b|branch2c|branch1))_weights$")
-_PARAM_BN = re.compile(r"^bn(?:_conv1|(\d)([a-z]\d*)_(branch2a|branch2b|branch2c|branch1))_"
+_PARAM_CONV = re.compile(r"^(?:conv1(?:_([123]))?|res(\d)([a-z]\d*)_(branch2a|branch2b|branch2c|branch1))_weights$")
+_PARAM_BN = re.compile(r"^bn(?:_conv1|v1_([123])|(\d)([a-z]\d*)_(branch2a|branch2b|branch2c|branch1))_"
                        r"(scale|offset|mean|variance)$")
 _PARAM_HEAD = {"fc_0.w_0": "weight", "fc_0.b_0": "bias"}
 _SUB_TO_BRANCH = {"conv0": "branch2a", "conv1": "branch2b", "conv2": "branch2c", "short": "branch1"}
@@ -75,32 +83,63 @@ def read_pdparams(path):
     return arrays
 
 
-def _layer_names(stage, suffix, branch):
-    """(conv name, bn name) in our scheme before ResNet-101 renaming; stage None = the stem."""
+def _layer_names(where):
+    """(conv name, bn name) in our scheme before ResNet-101 renaming.
+
+    `where` is (stage, block index, branch) in a block; (None, None, None) is the 7x7 stem conv, (None, k, None)
+    the ResNet-vd stem's conv1_k.
+    """
+    stage, index, branch = where
     if stage is None:
-        return ("conv1", "bn_conv1")
-    return (f"res{stage}{suffix}_{branch}", f"bn{stage}{suffix}_{branch}")
+        return ("conv1", "bn_conv1") if index is None else (f"conv1_{index}", f"bn_conv1_{index}")
+    name = block_name(stage, index, index + 1)  # a..f, or b6, b7, ... past six blocks (ResNet-101's stage 4)
+    return (f"res{name}_{branch}", f"bn{name}_{branch}")
+
+
+def _where(stem, stage, suffix, branch, source):
+    """Where a key's array goes: (None, None, None) for conv1, (None, k, None) for conv1_k, else
+    (stage, block index, branch), the index read from the Caffe suffix (`a`, `b`, ... or `a`, `b1`, ...)."""
+    if stage is None:
+        return (None, None if stem is None else int(stem), None)
+    return (int(stage), stage_block_index(int(stage), suffix, source), branch)
+
+
+def _match(key, source):
+    """(table, where, field) for a backbone key: table "conv" (field None) or "bn" (field 0-3); None if unknown."""
+    match = _STRUCTURED.match(key)
+    if match:
+        stem, stage, suffix, sub, part, field = match.groups()
+        where = (None, None, None) if stem else _where(None, stage, suffix, _SUB_TO_BRANCH[sub], source)
+        return _structured_part(part, field, where)
+    match = _STRUCTURED_VD.match(key)
+    if match:
+        stem, stage, index, sub, part, field = match.groups()
+        where = ((None, int(stem), None) if stem else (int(stage) + 2, int(index), _SUB_TO_BRANCH[sub]))
+        return _structured_part(part, field, where)
+    match = _PARAM_CONV.match(key)
+    if match:
+        return ("conv", _where(*match.groups(), source), None)
+    match = _PARAM_BN.match(key)
+    if match:
+        stem, stage, suffix, branch, field = match.groups()
+        return ("bn", _where(stem, stage, suffix, branch, source), _BN_FIELDS[field])
+    return None
+
+
+def _structured_part(part, field, where):
+    if part == "_conv":
+        return ("conv", where, None) if field == "weight" else None
+    return ("bn", where, _BN_FIELDS[field])
 
 
 def convert_paddle_state(state, source="<pdparams>"):
-    """`{paddle key: array}` (either key style) -> ConvertedWeights; ConversionError lists unknown keys."""
-    convs = {}     # (stage, suffix, branch) -> OIHW kernel
-    norms = {}     # (stage, suffix, branch) -> [gamma, beta, mean, variance]
+    """`{paddle key: array}` (either key style, ResNet-TSM or PP-TSM) -> ConvertedWeights; ConversionError lists
+    unknown keys."""
+    convs = {}     # (stage, block index, branch) -> OIHW kernel
+    norms = {}     # (stage, block index, branch) -> [gamma, beta, mean, variance]
     head = {}
     unknown = []
     for key, value in state.items():
-        match = _STRUCTURED.match(key)
-        if match:
-            stem, stage, suffix, sub, part, field = match.groups()
-            where = (None, None, None) if stem else (int(stage), suffix, _SUB_TO_BRANCH[sub])
-            if part == "_conv":
-                if field != "weight":
-                    unknown.append(key)
-                    continue
-                _put(convs, where, value, key, source)
-            else:
-                _put_bn(norms, where, _BN_FIELDS[field], value, key, source)
-            continue
         match = _STRUCTURED_HEAD.match(key) or (key in _PARAM_HEAD and key)
         if match:
             field = _PARAM_HEAD[key] if key in _PARAM_HEAD else match.group(1)
@@ -108,39 +147,43 @@ def convert_paddle_state(state, source="<pdparams>"):
                 raise ConversionError(f"{source}: the classifier {field} appears twice (last as {key}).")
             head[field] = value
             continue
-        match = _PARAM_CONV.match(key)
-        if match:
-            stage, suffix, branch = match.groups()
-            _put(convs, (None, None, None) if stage is None else (int(stage), suffix, branch), value, key,
-                 source)
-            continue
-        match = _PARAM_BN.match(key)
-        if match:
-            stage, suffix, branch, field = match.groups()
-            where = (None, None, None) if stage is None else (int(stage), suffix, branch)
-            _put_bn(norms, where, _BN_FIELDS[field], value, key, source)
-            continue
-        unknown.append(key)
+        found = _match(key, source)
+        if found is None:
+            unknown.append(key)
+        elif found[0] == "conv":
+            _put(convs, found[1], value, key, source)
+        else:
+            _put_bn(norms, found[1], found[2], value, key, source)
     if unknown:
-        raise ConversionError(f"{source}: keys that are not a PaddleVideo ResNet-TSM backbone or TSM head: "
-                              f"{', '.join(sorted(unknown)[:20])}" + (f" ... ({len(unknown)} in all)"
-                                                                     if len(unknown) > 20 else ""))
+        raise ConversionError(f"{source}: keys that are not a PaddleVideo ResNet-TSM / PP-TSM backbone or TSM / "
+                              f"ppTSM head: {', '.join(sorted(unknown)[:20])}"
+                              + (f" ... ({len(unknown)} in all)" if len(unknown) > 20 else ""))
     if not convs:
         raise ConversionError(f"{source}: no ResNet-TSM backbone weights found (expected keys like "
-                              "backbone.conv._conv.weight or conv1_weights).")
+                              "backbone.conv._conv.weight, backbone.conv1_1._conv.weight or conv1_weights).")
 
-    incomplete = [f"{_layer_names(*where)[1]} (has {sum(v is not None for v in values)} of gamma, beta, "
+    incomplete = [f"{_layer_names(where)[1]} (has {sum(v is not None for v in values)} of gamma, beta, "
                   "mean, variance)" for where, values in norms.items() if any(v is None for v in values)]
     if incomplete:
         raise ConversionError(f"{source}: incomplete BatchNorm parameters: {', '.join(sorted(incomplete))}.")
     if set(head) not in (set(), {"weight", "bias"}):
         raise ConversionError(f"{source}: the classifier has only its {', '.join(head)}; need weight and bias.")
+    stems = sorted({_layer_names(where)[0] for where in convs if where[0] is None})
+    if stems not in (["conv1"], ["conv1_1", "conv1_2", "conv1_3"]):
+        raise ConversionError(f"{source}: the stem has {', '.join(stems) or 'no conv'}; expected conv1 (ResNet-TSM) or "
+                              "conv1_1, conv1_2, conv1_3 (PP-TSM's ResNet-vd).")
+    vd = stems != ["conv1"]
 
     blocks = {}
-    for stage, suffix, branch in convs:
+    for stage, index, _ in convs:
         if stage is not None:
-            blocks.setdefault(stage, set()).add(stage_block_index(stage, suffix, source))
+            blocks.setdefault(stage, set()).add(index)
     backbone, stage_blocks, layers = resnet_layers(convs, norms, blocks, _our_names, source)
+    if vd:
+        backbone = f"{backbone}_vd"
+        if backbone not in VD_BACKBONES:
+            raise ConversionError(f"{source}: a ResNet-vd stem with the blocks of {backbone[:-3]}; the supported "
+                                  f"ResNet-vd backbones are {sorted(VD_BACKBONES)}.")
     converted_head = None
     if head:
         weight, bias = head["weight"], head["bias"]
@@ -148,7 +191,7 @@ def convert_paddle_state(state, source="<pdparams>"):
             raise ConversionError(f"{source}: classifier weight {weight.shape} and bias {bias.shape} are not "
                                   "a Paddle Linear ([in, out], [out]).")
         converted_head = [weight, bias]
-    notes = [f"{source}: PaddleVideo weights, {backbone}, "
+    notes = [f"{source}: PaddleVideo {'PP-TSM ' if vd else ''}weights, {backbone}, "
              + (f"head with {converted_head[0].shape[1]} classes" if head else "backbone only")
              + "; shift convention 'paddle' (1/T of the channels from t-1, 1/T from t+1)."]
     return ConvertedWeights(source=source, format="paddle", layers=layers, head=converted_head,
@@ -156,10 +199,9 @@ def convert_paddle_state(state, source="<pdparams>"):
 
 
 def _our_names(where, stage_blocks):
-    stage, suffix, branch = where
+    stage, index, branch = where
     if stage is None:
-        return _layer_names(None, None, None)
-    index = stage_block_index(stage, suffix, "")
+        return _layer_names(where)
     name = canonical_block(stage, index, stage_blocks)
     return (f"res{name}_{branch}", f"bn{name}_{branch}")
 

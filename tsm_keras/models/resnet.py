@@ -42,8 +42,11 @@ def _kernel_init():
     return keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
 
 
-def conv_bn(x, filters, kernel, stride, conv_name, bn_name, relu=True, use_bias=False, fold_batchnorm=False):
+def conv_bn(x, filters, kernel, stride, conv_name, bn_name, relu=True, use_bias=False, fold_batchnorm=False,
+            leaky_slope=None):
     """Conv (no bias) + BatchNorm(eps 1e-5, momentum 0.9) [+ ReLU], padding like the references.
+
+    `leaky_slope` (with `relu=True`): a LeakyReLU of that negative slope instead (the ResNet-vd of PP-TSM).
 
     `fold_batchnorm=True` builds the inference form: one Conv with bias and no BatchNorm layer
     (`tsm_keras.models.fold_batchnorm` fills it from a trained model).
@@ -62,8 +65,15 @@ def conv_bn(x, filters, kernel, stride, conv_name, bn_name, relu=True, use_bias=
     if not fold_batchnorm:
         x = FusedBatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=bn_name)(x)
     if relu:
-        x = layers.ReLU(name=f"{conv_name}_relu")(x)
+        x = activation(leaky_slope, f"{conv_name}_relu")(x)
     return x
+
+
+def activation(leaky_slope, name):
+    """ReLU, or LeakyReLU with `leaky_slope` (Keras' own default slope, 0.3, is not Paddle's 0.01)."""
+    if leaky_slope is None:
+        return layers.ReLU(name=name)
+    return layers.LeakyReLU(negative_slope=leaky_slope, name=name)
 
 
 def residual_block(x, kind, planes, stride, name, shift_layer, shift_place, stride_in_1x1, fold_batchnorm=False):
@@ -132,9 +142,10 @@ def resnet_tsm_features(frames, depth=50, num_segments=8, shift="bidirectional",
 
 
 def batchnorm_name(conv_name):
-    """The BatchNorm layer that follows conv `conv_name`: `conv1` -> `bn_conv1`, `res2a_branch2a` -> `bn2a_branch2a`."""
-    if conv_name == "conv1":
-        return "bn_conv1"
+    """The BatchNorm layer that follows conv `conv_name`: `conv1` -> `bn_conv1`, `conv1_2` -> `bn_conv1_2`,
+    `res2a_branch2a` -> `bn2a_branch2a`."""
+    if conv_name == "conv1" or conv_name.startswith("conv1_"):  # conv1_1..conv1_3: the ResNet-vd stem
+        return f"bn_{conv_name}"
     if conv_name.startswith("res"):
         return "bn" + conv_name[3:]
     raise ValueError(f"{conv_name!r} is not a ResNet conv layer name")

@@ -4,7 +4,13 @@ import keras
 from keras import layers
 
 from tsm_keras.layers import IMAGENET_MEAN, IMAGENET_STD, FoldTime, FrameNormalization, SegmentConsensus
-from tsm_keras.models.resnet import BACKBONES, SHIFT_PLACES, SHIFTS, resnet_tsm_features
+from tsm_keras.models.resnet import BACKBONES as RESNET_BACKBONES
+from tsm_keras.models.resnet import SHIFT_PLACES, SHIFTS, resnet_tsm_features
+from tsm_keras.models.resnet_vd import VD_BACKBONES, resnet_vd_tsm_features
+
+BACKBONES = {**RESNET_BACKBONES, **VD_BACKBONES}
+# Std of the classifier's N(0, std) kernel: PaddleVideo's TSMHead 0.001; ppTSMHead (the vd backbones) 0.01.
+HEAD_INIT_STD = {"tsm": 0.001, "pptsm": 0.01}
 
 CONVENTIONS = ("tsm", "paddle")
 # How raw 0-255 RGB frames are normalized for a given set of weights.
@@ -24,6 +30,12 @@ class TSM(keras.Model):
     pass. Frames are folded into the batch, the backbone runs per frame, then global average
     pooling, dropout, a Dense layer (N(0, 0.001) kernel, zero bias) and the average over time.
 
+    `backbone="resnet50_vd"` / `"resnet101_vd"` is PP-TSM (PaddleVideo's ResNetTweaksTSM + ppTSMHead):
+    the ResNet-vd of `resnet_vd.py` and a kernel drawn from N(0, 0.01). ppTSMHead averages the pooled
+    features over time before its fc, this model the fc's outputs after it: for a linear layer (and
+    dropout on the per-frame features in both) the same logits to float rounding. Pass
+    `convention="paddle"` for PP-TSM's own shift (converted .pdparams are built so).
+
     `fold_batchnorm=True` builds the inference form (each Conv+BatchNorm one Conv with bias); make
     one from a trained model with `fold_batchnorm(model)`.
 
@@ -36,20 +48,23 @@ class TSM(keras.Model):
                  normalize_input=False, stride_in_1x1=False, shift_every=1,
                  input_convention="imagenet", fold_batchnorm=False, **kwargs):
         _validate(num_classes, num_segments, backbone, shift, shift_place, convention, dropout,
-                  image_size, input_convention)
+                  image_size, input_convention, stride_in_1x1)
         height, width = _image_hw(image_size)
         frames = keras.Input((num_segments, height, width, 3), name="frames")
         x = FoldTime(name="fold_time")(frames)
         if normalize_input:
             x = FrameNormalization(**INPUT_CONVENTIONS[input_convention], name="normalize")(x)
-        x = resnet_tsm_features(x, depth=BACKBONES[backbone], num_segments=num_segments, shift=shift,
-                                shift_div=shift_div, shift_place=shift_place, convention=convention,
-                                stride_in_1x1=stride_in_1x1, shift_every=shift_every,
-                                fold_batchnorm=fold_batchnorm)
+        shifts = dict(num_segments=num_segments, shift=shift, shift_div=shift_div, shift_place=shift_place,
+                      convention=convention, shift_every=shift_every, fold_batchnorm=fold_batchnorm)
+        if backbone in VD_BACKBONES:
+            x = resnet_vd_tsm_features(x, depth=VD_BACKBONES[backbone], **shifts)
+        else:
+            x = resnet_tsm_features(x, depth=BACKBONES[backbone], stride_in_1x1=stride_in_1x1, **shifts)
+        head_std = HEAD_INIT_STD[head_kind(backbone)]
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
         x = layers.Dropout(dropout, name="dropout")(x)
         x = layers.Dense(num_classes, name="fc",
-                         kernel_initializer=keras.initializers.RandomNormal(0.0, 0.001),
+                         kernel_initializer=keras.initializers.RandomNormal(0.0, head_std),
                          bias_initializer="zeros")(x)
         logits = SegmentConsensus(num_segments, name="consensus")(x)
         kwargs.setdefault("name", f"tsm_{backbone}" if shift != "none" else f"tsn_{backbone}")
@@ -97,6 +112,11 @@ def build_tsm(num_classes, num_segments=8, backbone="resnet50", shift="bidirecti
                image_size=image_size, normalize_input=normalize_input, **kwargs)
 
 
+def head_kind(backbone):
+    """"pptsm" (ppTSMHead) for the ResNet-vd backbones, PP-TSM's; "tsm" (TSMHead) for the others."""
+    return "pptsm" if backbone in VD_BACKBONES else "tsm"
+
+
 def _image_hw(image_size):
     if image_size is None:
         return None, None
@@ -106,13 +126,16 @@ def _image_hw(image_size):
 
 
 def _validate(num_classes, num_segments, backbone, shift, shift_place, convention, dropout, image_size,
-              input_convention):
+              input_convention, stride_in_1x1):
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")
     if not isinstance(num_segments, int) or num_segments < 1:
         raise ValueError(f"num_segments must be a positive int, got {num_segments!r}.")
     if backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {backbone!r}.")
+    if stride_in_1x1 and backbone in VD_BACKBONES:
+        raise ValueError(f"stride_in_1x1=True is the keras.applications ResNet layout; {backbone} has its stride "
+                         "in the 3x3 conv (as PaddleVideo's): leave stride_in_1x1=False.")
     if shift not in SHIFTS:
         raise ValueError(f"shift must be one of {SHIFTS}, got {shift!r} (use 'none' for TSN).")
     if shift_place not in SHIFT_PLACES:
