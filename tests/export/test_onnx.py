@@ -83,3 +83,20 @@ def test_export_rebuilds_a_model_without_fixed_size(tiny_tsm, tmp_path, capsys):
 
     tflite_path = export_model(config.replace(export_format="tflite"))
     np.testing.assert_allclose(TFLiteRunner(tflite_path)(clips)["logits"], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_pptsm_onnx_and_tflite_match_keras(tiny_pptsm, tmp_path):
+    """ResNet-50-vd (PP-TSM): -inf padding before the max pool, ceil-mode average pools in the shortcuts and
+    leaky ReLUs survive ONNX (standard ops only) and TFLite, folded, to 1e-4."""
+    from tsm_keras.export.onnx import check_standard_ops, export_onnx, onnxruntime_session
+    from tsm_keras.export.tflite import TFLiteRunner, export_tflite
+
+    clips = np.random.default_rng(4).uniform(0, 255, (1, 2, 40, 40, 3)).astype("float32")
+    expected = tiny_pptsm(clips, training=False).numpy()
+    onnx_path = export_onnx(tiny_pptsm, str(tmp_path / "pptsm.onnx"))
+    check_standard_ops(onnx_path)
+    got = onnxruntime_session(onnx_path).run(["logits"], {"clips": clips})[0]
+    scale = float(np.abs(expected).max())
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4 * scale)
+    tflite = TFLiteRunner(export_tflite(tiny_pptsm, str(tmp_path / "pptsm.tflite")))(clips)["logits"]
+    np.testing.assert_allclose(tflite, expected, rtol=0, atol=1e-4 * scale)
