@@ -41,12 +41,14 @@ def train(config, *, data=None, stop_after_steps=None):
     from tsm_keras import runtime
     from tsm_keras.models import build_tsm
     from tsm_keras.training.checkpoints import CheckpointManager, save_weights_atomic
+    from tsm_keras.training.losses import check_regularizers
     from tsm_keras.training.optimizer import build_optimizer
     from tsm_keras.training.schedules import build_schedule
     from tsm_keras.training.step import epoch_dataset_function, make_train_step
 
     if data is None:
         import tsm_keras.data as data
+    check_regularizers(config.label_smoothing, config.mixup_alpha)
     # MultiWorkerMirroredStrategy must exist before TensorFlow runs any op (collectives are
     # configured at context startup), so the strategy comes first.
     strategy = runtime.build_strategy(config.strategy)
@@ -100,7 +102,9 @@ def train(config, *, data=None, stop_after_steps=None):
     if step:
         print(f"resumed from {manager.latest()} at step {step} (epoch {step // steps_per_epoch + 1})", flush=True)
 
-    train_step = make_train_step(strategy, model, optimizer, global_batch, config.num_classes)
+    train_step = make_train_step(strategy, model, optimizer, global_batch, config.num_classes,
+                                 label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha,
+                                 seed=config.seed)
     epoch_dataset = epoch_dataset_function(strategy, data, config, global_batch, steps_per_epoch)
     evaluator = Evaluator(model, config, data, strategy=strategy)
     writer = tf.summary.create_file_writer(os.path.join(model_dir, runs.TENSORBOARD_DIR)) if chief else None
