@@ -1,6 +1,8 @@
-"""Clips from frames: the training clip (MultiScaleCrop + flip), the evaluation views, one video's views.
+"""Clips from frames: the training clip ([short side] + MultiScaleCrop + [random crop] + flip), the evaluation
+views, one video's views.
 
-Training clips from JPEG bytes decode only the crop window of each frame. `load_video_clips` gives the
+Training clips from JPEG bytes decode only the crop window of each frame (whole frames when the short
+side is scaled first: the window is then in the scaled frame). `load_video_clips` gives the
 evaluation views of one video or frame folder outside tf.data (prediction), with the same sampling and
 crops as `build_dataset(config, "test")`.
 """
