@@ -49,7 +49,8 @@ def test_mixup_cross_entropy_is_lam_weighted(eps):
     labels_b = labels[::-1].copy()
     lam = 0.3
     out = mixup_cross_entropy(tf.constant(labels), tf.constant(labels_b), lam, tf.constant(logits), 5, eps).numpy()
-    expected = lam * _numpy_smoothed_ce(labels, logits, 5, eps) + (1 - lam) * _numpy_smoothed_ce(labels_b, logits, 5, eps)
+    expected = (lam * _numpy_smoothed_ce(labels, logits, 5, eps)
+                + (1 - lam) * _numpy_smoothed_ce(labels_b, logits, 5, eps))
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
 
 

@@ -48,7 +48,8 @@ def train_clip_from_frames(frames, image_size, flip, seed, allow_duplication=aug
 def check_train_crop_sizes(image_size, crop_size):
     if crop_size and crop_size < image_size:
         raise ValueError(f"--multi_scale_crop_size={crop_size} is smaller than --image_size={image_size}: the random "
-                         "crop after MultiScaleCrop needs at least --image_size (or 0: MultiScaleCrop to --image_size).")
+                         "crop after MultiScaleCrop needs at least --image_size (or 0: MultiScaleCrop to "
+                         "--image_size).")
 
 
 def _finish_train_clip(clip, crop_size, image_size, flip, seed):

@@ -4,7 +4,8 @@ One lam ~ Beta(alpha, alpha) and one permutation per batch: clips = lam * x + (1
 labels (labels, labels[perm], lam); the loss is `losses.mixup_cross_entropy`. PaddleVideo mixes each
 GPU's batch in its data loader's collate function; here each replica mixes its own share of the
 global batch in the train step. Clips are mixed as the 0-255 values the model normalizes itself;
-normalization being affine, that is PaddleVideo's mix of normalized frames. Randomness is stateless: the same seed gives the same lam and perm.
+normalization being affine, that is PaddleVideo's mix of normalized frames. Randomness is stateless:
+the same seed gives the same lam and perm.
 """
 
 import tensorflow as tf
