@@ -40,6 +40,10 @@ flags.DEFINE_string("tfrecord_dir", "tfrecords", "TFRecord shards folder.")
 flags.DEFINE_boolean("allow_duplication", True, "MultiScaleCrop offers all 13 offsets, those coinciding when "
                      "there is no free space too (every PaddleVideo TSM yaml; --noallow_duplication: the class "
                      "default, duplicates dropped).")
+flags.DEFINE_integer("train_scale_size", 0, "Training: short side to this before MultiScaleCrop (PP-TSM: 256; "
+                     "0 = MultiScaleCrop of the frames as decoded).")
+flags.DEFINE_integer("multi_scale_crop_size", 0, "Training: MultiScaleCrop output size; larger than --image_size, a "
+                     "random --image_size crop follows (PP-TSM: 256 then 224; 0 = --image_size, no random crop).")
 flags.DEFINE_boolean("flip", True, "Random horizontal flip in training (--noflip for direction-aware classes).")
 flags.DEFINE_integer("test_clips", 1, "Clips per video at evaluation.")
 flags.DEFINE_integer("test_crops", 1, "Spatial crops per clip at evaluation (1 centre or 3).")
@@ -108,6 +112,15 @@ flags.DEFINE_float("warmup_epochs", 0.0, "Linear lr warmup epochs (0 = none, as 
 flags.DEFINE_float("fc_weight_decay", 1e-4, "L2 decay on the FC kernel (PaddleVideo TSMHead's own).")
 flags.DEFINE_float("fc_lr_mult", 5.0, "lr multiplier of the FC kernel (PaddleVideo TSMHead: 5).")
 flags.DEFINE_float("fc_bias_lr_mult", 10.0, "lr multiplier of the FC bias (PaddleVideo TSMHead: 10).")
+flags.DEFINE_float("label_smoothing", 0.0, "Training loss over (1 - eps) * one_hot + eps / num_classes "
+                   "(PaddleVideo ls_eps; PP-TSM: 0.1). Accuracy stays on the hard labels.")
+flags.DEFINE_float("mixup_alpha", 0.0, "Clip-level mixup across each replica's batch, lam ~ Beta(alpha, alpha); "
+                   "loss lam * CE(a) + (1 - lam) * CE(b) (PaddleVideo Mixup; PP-TSM: 0.2; 0 = off).")
+flags.DEFINE_integer("precise_bn_every", 0, "Recompute BatchNorm statistics after epochs 1, 1+N, 1+2N, ... and the "
+                     "last (PaddleVideo preciseBN_interval; PP-TSM: 5; 0 = off). One replica only.")
+flags.DEFINE_integer("precise_bn_steps", 200, "Training batches per precise-BN pass (PaddleVideo "
+                     "num_iters_preciseBN, at most an epoch's steps): moving mean/variance = the mean of the "
+                     "batches' mean/variance.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 
 # Execution.

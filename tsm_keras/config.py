@@ -35,6 +35,10 @@ class Config:
     tfrecord_dir: str = "tfrecords"
     flip: bool = True
     allow_duplication: bool = True  # MultiScaleCrop: all 13 offsets, as every TSM yaml (tsm_keras.data.augment)
+    # Training geometry (PP-TSM): short side -> train_scale_size, MultiScaleCrop -> multi_scale_crop_size,
+    # then a random image_size crop. 0 = off: MultiScaleCrop of the decoded frames straight to image_size.
+    train_scale_size: int = 0
+    multi_scale_crop_size: int = 0
     test_clips: int = 1
     test_crops: int = 1
     sampling: str = "uniform"  # uniform (TSN segments) | dense (T frames dense_interval apart, one window)
@@ -96,6 +100,14 @@ class Config:
     fc_weight_decay: float = 1e-4  # PaddleVideo TSMHead's own L2Decay on the FC kernel
     fc_lr_mult: float = 5.0  # TSMHead ParamAttr(learning_rate=5.0) on the FC kernel
     fc_bias_lr_mult: float = 10.0  # ... and 10.0 on the FC bias
+    # PP-TSM's regularizers (all off by default): the training loss over smoothed targets
+    # (1 - eps) * one_hot + eps / num_classes; clip-level mixup across each replica's batch,
+    # lam ~ Beta(alpha, alpha); BatchNorm statistics recomputed on precise_bn_steps training batches
+    # after epochs 1, 1 + N, 1 + 2N, ... and the last (tsm_keras.training.precise_bn).
+    label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0
+    precise_bn_every: int = 0
+    precise_bn_steps: int = 200
     seed: int = 0
 
     # Execution.

@@ -217,3 +217,19 @@ def test_multi_scale_crop_window_distribution_matches_paddlevideo(allow_duplicat
     # frequency of p ~ 0.04 over 50,000 draws is 0.0009.
     assert error < 0.003, error
     assert off > 0.003, off
+
+
+def test_random_crop_window_draws_every_offset_both_ends_included():
+    # PaddleVideo RandomCrop: random.randint(0, 40 - 32) and randint(0, 36 - 32): 9 x 5 offsets.
+    seeds = tf.data.Dataset.range(2000).map(lambda s: tf.stack(augment.random_crop_window(
+        40, 36, 32, tf.stack([s, tf.constant(4, tf.int64)]))))
+    seen = {tuple(int(v) for v in w) for w in seeds.batch(2000).get_single_element().numpy()}
+    assert seen == {(top, left) for top in range(9) for left in range(5)}
+
+
+def test_random_crop_is_one_window_for_every_frame():
+    clip = _clip(3, 20, 30)
+    seed = np.array([2, 8], np.int64)
+    out = _both(lambda c, s: augment.random_crop(c, 16, s), clip, seed)
+    top, left = [int(v) for v in augment.random_crop_window(20, 30, 16, seed)]
+    np.testing.assert_array_equal(out, clip[:, top:top + 16, left:left + 16])

@@ -244,3 +244,15 @@ def test_unknown_sampling_is_refused(media):
     with pytest.raises(ValueError, match="--dense_interval must be >= 0"):
         build_dataset(_config(data_format="frames", data_root=str(media), val_list="x.txt", sampling="dense",
                               dense_interval=-2), "val")
+
+
+@pytest.mark.parametrize("data_format", ["frames", "videos"])
+def test_train_scale_size_and_multi_scale_crop_size_reach_the_training_clips(media, data_format):
+    rows = "frames/a 24 0\nframes/b 24 1\n" if data_format == "frames" else "videos/a.avi 0\nvideos/b.mp4 1\n"
+    (media / "train.txt").write_text(rows)
+    config = _config(data_format=data_format, data_root=str(media), train_list=str(media / "train.txt"),
+                     image_size=24, train_scale_size=32, multi_scale_crop_size=28)
+    clips, labels = _take_all(build_dataset(config, "train", shuffle=False))
+    # Wiring only (tests/data/test_train_clips.py checks the geometry against OpenCV): the config's sizes
+    # reach both training readers.
+    assert clips.shape == (2, 4, 24, 24, 3) and clips.dtype == np.uint8 and labels.tolist() == [0, 1]

@@ -63,3 +63,25 @@ def test_sthv2_recipes(name):
     assert scaled_lr_values(c) == pytest.approx([0.01, 0.001, 0.0001]) and c.lr_boundaries == [20, 40]
     assert (c.weight_decay, c.fc_weight_decay, c.clip_norm, c.shift_div) == (5e-4, 5e-4, 20.0, 8)
     assert c.label_map.endswith("labels.json") and c.data_format == name.rsplit("_", 1)[1]
+
+
+def test_pptsm_k400_frames_uniform_recipe():
+    """pptsm_k400_frames_uniform.yaml's numbers, on the PP-TSM backbone."""
+    c = _parse(f"--flagfile={REPO}/flags/pptsm_k400_frames_uniform.flags")
+    assert (c.backbone, c.convention) == ("resnet50_vd", "auto")
+    assert (c.mode, c.data_format, c.num_classes, c.num_segments, c.sampling, c.epochs, c.batch_size) == (
+        "train", "frames", 400, 8, "uniform", 80, 128)
+    assert (c.train_scale_size, c.multi_scale_crop_size, c.image_size, c.scale_size) == (256, 256, 224, 256)
+    assert (c.flip, c.allow_duplication, c.test_clips, c.test_crops) == (True, False, 1, 1)
+    assert (c.label_smoothing, c.mixup_alpha, c.precise_bn_every, c.precise_bn_steps) == (0.1, 0.2, 5, 200)
+    assert (c.lr_schedule, c.warmup_epochs, c.lr_boundaries) == ("cosine", 10.0, [])
+    assert scaled_lr_values(c) == pytest.approx([0.01])
+    assert (c.momentum, c.weight_decay, c.fc_weight_decay, c.fc_lr_mult, c.fc_bias_lr_mult) == (0.9, 1e-4, 1e-4, 5, 10)
+    assert (c.clip_norm, c.dropout) == (0.0, 0.5)
+    assert c.pretrained.endswith("ResNet50_vd_ssld_v2_pretrained.pdparams")
+
+
+def test_recipe_flags_default_off():
+    c = _parse("--mode=train")
+    assert (c.label_smoothing, c.mixup_alpha, c.precise_bn_every, c.train_scale_size, c.multi_scale_crop_size) == (
+        0.0, 0.0, 0, 0, 0)

@@ -6,7 +6,8 @@ pipeline given a seed is reproducible.
 
 Train: `multi_scale_crop` (PaddleVideo/TSM `MultiScaleCrop`: crop side = shorter side x one of
 MULTI_SCALE_CROP_SCALES per axis, the two axes at most `max_distort` scales apart, placed at one of 13
-fixed offsets, then resized to `image_size`) and `random_flip`. Eval: `resize_short_side` +
+fixed offsets, then resized to `image_size`), optionally after `resize_short_side` and before `random_crop`
+(PP-TSM: short side 256, MultiScaleCrop to 256, random 224 crop), and `random_flip`. Eval: `resize_short_side` +
 `center_crop`; multi-view: `three_crops` along the long side. Resizing is bilinear without antialias
 (OpenCV `INTER_LINEAR` semantics, as PaddleVideo's cv2 backend).
 """
@@ -88,6 +89,26 @@ def multi_scale_crop(frames, image_size, seed, scales=MULTI_SCALE_CROP_SCALES, m
                                                         allow_duplication)
     crop = frames[:, top:top + crop_h, left:left + crop_w, :]
     return resize_frames(crop, image_size, image_size)
+
+
+def random_crop_window(height, width, size, seed):
+    """Random `size` x `size` window of a `height` x `width` frame: int32 (top, left).
+
+    PaddleVideo `RandomCrop`: `random.randint(0, free)` along each axis, both ends included."""
+    seed = tf.cast(seed, tf.int64) + [0, 3]
+    top = tf.random.stateless_uniform([], seed=seed, maxval=tf.cast(height, tf.int32) - size + 1, dtype=tf.int32)
+    left = tf.random.stateless_uniform([], seed=seed + [0, 1], maxval=tf.cast(width, tf.int32) - size + 1,
+                                       dtype=tf.int32)
+    return top, left
+
+
+def random_crop(frames, size, seed):
+    """[T, H, W, 3] -> [T, size, size, 3]: one `random_crop_window` for all frames (H, W >= size)."""
+    shape = tf.shape(frames)
+    tf.debugging.assert_greater_equal(tf.minimum(shape[1], shape[2]), size,
+                                      message=f"random_crop: the frames are smaller than the {size} px crop")
+    top, left = random_crop_window(shape[1], shape[2], size, seed)
+    return frames[:, top:top + size, left:left + size, :]
 
 
 def random_flip(frames, seed):

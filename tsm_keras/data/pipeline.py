@@ -204,7 +204,8 @@ def build_dataset(config, split, *, batch_size=None, shuffle=None, repeat=False,
     def _from_jpegs(jpegs, label, ok, rand):
         if training:
             clip = train_clip_from_jpegs(jpegs, num_segments, config.image_size, config.flip, _seed_pair(rand),
-                                         config.allow_duplication)
+                                         config.allow_duplication, config.train_scale_size,
+                                         config.multi_scale_crop_size)
         else:
             frames = tf.stack([tf.io.decode_jpeg(jpegs[i], channels=3) for i in range(size)])
             clip = eval_clip(frames, config, num_clips, num_crops)
@@ -245,7 +246,8 @@ def build_dataset(config, split, *, batch_size=None, shuffle=None, repeat=False,
             frames = tf.ensure_shape(frames, [size, None, None, 3])
             if training:
                 clip = train_clip_from_frames(frames, config.image_size, config.flip, _seed_pair(rand),
-                                               config.allow_duplication)
+                                               config.allow_duplication, config.train_scale_size,
+                                               config.multi_scale_crop_size)
             else:
                 clip = eval_clip(frames, config, num_clips, num_crops)
             return clip, label, tf.reshape(ok, [])

@@ -43,12 +43,15 @@ def train(config, *, data=None, stop_after_steps=None):
     from tsm_keras import runtime
     from tsm_keras.models import build_tsm
     from tsm_keras.training.checkpoints import CheckpointManager, save_weights_atomic
+    from tsm_keras.training.losses import check_regularizers
     from tsm_keras.training.optimizer import build_optimizer
+    from tsm_keras.training.precise_bn import check_precise_bn, precise_bn_after_epoch, precise_bn_due
     from tsm_keras.training.schedules import build_schedule
     from tsm_keras.training.step import epoch_dataset_function, make_train_step
 
     if data is None:
         import tsm_keras.data as data
+    check_regularizers(config.label_smoothing, config.mixup_alpha)
     # MultiWorkerMirroredStrategy must exist before TensorFlow runs any op (collectives are
     # configured at context startup), so the strategy comes first.
     strategy = runtime.build_strategy(config.strategy)
@@ -64,6 +67,7 @@ def train(config, *, data=None, stop_after_steps=None):
     global_batch = int(config.batch_size)
     if global_batch % replicas:
         raise UsageError(f"--batch_size={global_batch} (global) must be divisible by the {replicas} replicas.")
+    check_precise_bn(config.precise_bn_every, config.precise_bn_steps, replicas)
 
     # The shift convention goes with the weights: fine-tuning PaddleVideo weights keeps Paddle's shift.
     # Likewise the stride placement and input normalization keras.applications weights need.
@@ -102,7 +106,9 @@ def train(config, *, data=None, stop_after_steps=None):
     if step:
         print(f"resumed from {manager.latest()} at step {step} (epoch {step // steps_per_epoch + 1})", flush=True)
 
-    train_step = make_train_step(strategy, model, optimizer, global_batch, config.num_classes)
+    train_step = make_train_step(strategy, model, optimizer, global_batch, config.num_classes,
+                                 label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha,
+                                 seed=config.seed)
     epoch_dataset = epoch_dataset_function(strategy, data, config, global_batch, steps_per_epoch)
     evaluator = Evaluator(model, config, data, strategy=strategy)
     writer = tf.summary.create_file_writer(os.path.join(model_dir, runs.TENSORBOARD_DIR)) if chief else None
@@ -171,6 +177,13 @@ def train(config, *, data=None, stop_after_steps=None):
             bad_samples = getattr(data, "BAD_SAMPLES", None)  # optional in the data contract
             if bad_samples is not None:
                 record["bad_samples_skipped"] = int(bad_samples.take())
+            if precise_bn_due(epoch, config.precise_bn_every, config.epochs):
+                started = time.time()
+                layers, batches = precise_bn_after_epoch(model, data, config, global_batch, epoch, steps_per_epoch)
+                record["precise_bn_seconds"] = time.time() - started
+                if chief:
+                    print(f"precise BN: {layers} BatchNorm layers' statistics from {batches} training batches",
+                          flush=True)
             is_best = False
             if config.validate:
                 val = evaluator.run()
@@ -187,7 +200,7 @@ def train(config, *, data=None, stop_after_steps=None):
                 append_metrics(os.path.join(model_dir, runs.METRICS_FILE), record)
                 with writer.as_default(step=step):
                     for key, value in record.items():
-                        if isinstance(value, float) and key != "epoch_seconds":
+                        if isinstance(value, float) and key not in ("epoch_seconds", "precise_bn_seconds"):
                             name = key.replace("val_", "val/").replace("train_", "train/")
                             write_scalar(name if "/" in name else f"epoch/{name}", value)
                 writer.flush()

@@ -1,33 +1,51 @@
 """One distributed training step: forward, loss over the global batch, gradients, update, counts."""
 
 
-def make_train_step(strategy, model, optimizer, global_batch, num_classes):
+def make_train_step(strategy, model, optimizer, global_batch, num_classes, *, label_smoothing=0.0, mixup_alpha=0.0,
+                    seed=0):
     """A `tf.function` `(clips, labels) batch -> [loss sum, top-1 hits, top-5 hits, count]` summed
     over all replicas (and workers).
 
     The loss is the mean over the *global* batch on every replica, so the cross-replica sum of the
     gradients is the gradient of the global mean whatever the number of replicas. Under
     `mixed_float16` the optimizer scales the loss (dynamic loss scaling) and unscales the gradients.
+    `label_smoothing` > 0: the loss is over smoothed targets (`training.losses`). `mixup_alpha` > 0:
+    each replica mixes its clips (`training.mixup`, lam and perm from `seed`, the optimizer step and
+    the replica), the loss and the hits are lam-weighted over the two label sets, as PaddleVideo's
+    `BaseHead.loss`; accuracy is always over hard labels.
     """
-    import keras
     import tensorflow as tf
 
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+    from tsm_keras.training.losses import mixup_cross_entropy, smoothed_cross_entropy
+    from tsm_keras.training.mixup import mix_clips, replica_mixup_seed, sample_mixup
+
     k = min(5, int(num_classes))
+    num_classes = int(num_classes)
+
+    def hits(labels, logits, top):
+        return tf.cast(tf.math.in_top_k(labels, logits, top), tf.float32)
 
     def replica_step(clips, labels):
         labels = tf.cast(labels, tf.int32)
+        if mixup_alpha:
+            lam, perm = sample_mixup(tf.shape(labels)[0], mixup_alpha, replica_mixup_seed(seed, optimizer.iterations))
+            clips, labels, labels_b = mix_clips(clips, labels, lam, perm)
         with tf.GradientTape() as tape:
-            logits = model(clips, training=True)
-            per_example = loss_fn(labels, tf.cast(logits, tf.float32))
+            logits = tf.cast(model(clips, training=True), tf.float32)
+            if mixup_alpha:
+                per_example = mixup_cross_entropy(labels, labels_b, lam, logits, num_classes, label_smoothing)
+            else:
+                per_example = smoothed_cross_entropy(labels, logits, num_classes, label_smoothing)
             loss = tf.reduce_sum(per_example) / global_batch
             scaled_loss = optimizer.scale_loss(loss)
         grads = tape.gradient(scaled_loss, model.trainable_variables)
         optimizer.apply(grads, model.trainable_variables)
-        top1 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float32))
-        top5 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, k), tf.float32))
+        top1, top5 = hits(labels, logits, 1), hits(labels, logits, k)
+        if mixup_alpha:
+            top1 = lam * top1 + (1.0 - lam) * hits(labels_b, logits, 1)
+            top5 = lam * top5 + (1.0 - lam) * hits(labels_b, logits, k)
         count = tf.cast(tf.shape(labels)[0], tf.float32)
-        return tf.reduce_sum(per_example), top1, top5, count
+        return tf.reduce_sum(per_example), tf.reduce_sum(top1), tf.reduce_sum(top5), count
 
     @tf.function(reduce_retracing=True)
     def train_step(batch):
