@@ -29,6 +29,7 @@ import shutil
 
 import cv2
 
+from tsm_keras import disk
 from tsm_keras.data import decode, lists
 from tsm_keras.errors import MissingInputError, UsageError
 
@@ -178,12 +179,11 @@ def extract_frames(video_path, out_dir, short_side=0, frame_template="img_{:05d}
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     count = 0
-    try:
+    with disk.writing(out_dir, "frame folder", cleanup=[tmp]):
         for count, frame in enumerate(frames, 1):
-            cv2.imwrite(os.path.join(tmp, frame_template.format(count)), frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            path = os.path.join(tmp, frame_template.format(count))
+            if not cv2.imwrite(path, frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
+                raise disk.image_write_failed(path, out_dir)
     if count == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         raise decode.BadSampleError(video_path, "no frame decodes (empty or corrupt video)")

@@ -29,6 +29,7 @@ import numpy as np
 from tsm_keras.data import decode, lists
 from tsm_keras.data.tfrecord_format import (MANIFEST_FILE, has_valid_index, index_path, read_manifest,
                                             scan_shard, shard_name)
+from tsm_keras import disk
 from tsm_keras.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,11 @@ def write_shard(records, path, data_format, short_side, frame_template, policy):
 
     stats = dict(videos=0, frames=0, skipped=0, skipped_paths=[])
     tmp = f"{path}.tmp"
+    with disk.writing(path, "TFRecord shard", cleanup=[tmp, f"{index_path(path)}.tmp", f"{path}.json.tmp"]):
+        return _write_shard(records, path, tmp, data_format, short_side, frame_template, policy, stats, tf)
+
+
+def _write_shard(records, path, tmp, data_format, short_side, frame_template, policy, stats, tf):
     with tf.io.TFRecordWriter(tmp) as writer:
         for record in records:
             try:

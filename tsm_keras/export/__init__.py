@@ -11,6 +11,7 @@ Kept import-light: each format's module imports TensorFlow (and tf2onnx, onnxrun
 import os
 import sys
 
+from tsm_keras import disk
 from tsm_keras.errors import ExistingOutputError, UsageError
 
 __all__ = ["export_model"]
@@ -127,13 +128,10 @@ def _export_onnx(model, config):
 
     path = _new_file(config, f"{model.name}.onnx")
     tmp = f"{path}.tmp-{os.getpid()}"
-    try:
+    with disk.writing(path, "ONNX export", cleanup=[tmp]):
         export_onnx(model, tmp)
         ops = check_standard_ops(tmp)
         os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     print(f"export: ONNX in {path}; input clips float32 [batch, T, S, S, 3] RGB 0-255 centre-cropped, outputs "
           f"logits, probabilities; ops: {', '.join(ops)}")
     try:
@@ -155,12 +153,9 @@ def _export_tflite(model, config):
 
     path = _new_file(config, f"{model.name}_{config.tflite_quant}.tflite")
     tmp = f"{path}.tmp-{os.getpid()}"
-    try:
+    with disk.writing(path, "TFLite export", cleanup=[tmp]):
         export_tflite(model, tmp, config.tflite_quant)
         os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     clips = _parity_clip(model)
     logits = TFLiteRunner(path)(clips)["logits"]
     diff = float(np.abs(logits - _reference_logits(model, clips)).max())

@@ -20,7 +20,6 @@ label names, so `tsm_keras.load` can feed the model exactly as evaluation does.
 
 import json
 import os
-import shutil
 import uuid
 
 import numpy as np
@@ -29,6 +28,7 @@ import tensorflow as tf
 import keras
 
 from tsm_keras.data.augment import resize_and_center_crop
+from tsm_keras import disk
 from tsm_keras.errors import ExistingOutputError, UsageError
 from tsm_keras.models.inference import ClipClassifier, inference_form, model_input_spec
 # The export folder's contract (versions, signature names, tsm_export.json) is shared with its readers.
@@ -147,20 +147,17 @@ def export_saved_model(model, export_dir, label_names=None, scale_size=256, imag
             raise UsageError(f"version must be a non-negative integer, got {version}.")
         if os.path.exists(os.path.join(export_dir, str(version))):
             raise ExistingOutputError(f"{os.path.join(export_dir, str(version))} exists; versions are never "
-                                  f"overwritten: pick another version or leave it unset for the next one.")
+                                      f"overwritten: pick another version or leave it unset for the next one.")
     # Hidden (TF Serving only loads integer names) and on the same file system, so the final
     # rename is atomic.
     tmp = os.path.join(export_dir, f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
+    with disk.writing(export_dir, "SavedModel export", cleanup=[tmp]):
         archive.write_out(tmp, verbose=verbose)
         metadata_path = os.path.join(tmp, METADATA_FILE)
         os.makedirs(os.path.dirname(metadata_path), exist_ok=True)
         with open(metadata_path, "w") as f:
             json.dump(metadata, f, indent=2)
         return _rename_to_version(tmp, export_dir, version)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _rename_to_version(tmp, export_dir, version):

@@ -14,6 +14,7 @@ import shutil
 
 import numpy as np
 
+from tsm_keras import disk
 from tsm_keras.errors import UsageError
 
 _NAME = re.compile(r"^ckpt-(\d+)$")
@@ -58,19 +59,22 @@ class CheckpointManager:
         final = os.path.join(self.directory, f"ckpt-{int(step):09d}")
         tmp = os.path.join(self.directory, f".tmp-ckpt-{int(step):09d}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        variables = self._variables()
-        arrays = {f"v{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(variables)}
-        with open(os.path.join(tmp, "variables.npz"), "wb") as f:
-            np.savez(f, **arrays)
-        state = dict(state, step=int(step), paths=[v.path for v in variables])
-        with open(os.path.join(tmp, "state.json"), "w") as f:
-            json.dump(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        with disk.writing(final, "checkpoint", cleanup=[tmp]):
+            os.makedirs(tmp)
+            variables = self._variables()
+            arrays = {f"v{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(variables)}
+            with open(os.path.join(tmp, "variables.npz"), "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            state = dict(state, step=int(step), paths=[v.path for v in variables])
+            with open(os.path.join(tmp, "state.json"), "w") as f:
+                json.dump(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            if os.path.exists(final):
+                shutil.rmtree(final)
+            os.replace(tmp, final)
         if best:
             _write_json_atomic(os.path.join(self.directory, "best.json"), {"step": int(step), **{
                 k: state[k] for k in ("epoch", "val_top1") if k in state}})
@@ -108,13 +112,15 @@ class CheckpointManager:
 
 def _write_json_atomic(path, value):
     tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2)
-    os.replace(tmp, path)
+    with disk.writing(path, "best-checkpoint marker", cleanup=[tmp]):
+        with open(tmp, "w") as f:
+            json.dump(value, f, indent=2)
+        os.replace(tmp, path)
 
 
 def save_weights_atomic(model, path):
     """`model.save_weights` to a temporary `.weights.h5` then rename: readers never see half a file."""
     tmp = path[: -len(".weights.h5")] + f".tmp{os.getpid()}.weights.h5"
-    model.save_weights(tmp)
-    os.replace(tmp, path)
+    with disk.writing(path, "weights", cleanup=[tmp]):
+        model.save_weights(tmp)
+        os.replace(tmp, path)

@@ -62,8 +62,9 @@ def clock(seconds):
 
 def append_metrics(path, record):
     """One JSON line per epoch in the run's `metrics.jsonl`."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    from tsm_keras import disk
+
+    disk.append_line(path, json.dumps(record) + "\n", what="metrics line")
 
 
 def format_record(record):
