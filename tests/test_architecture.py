@@ -13,8 +13,8 @@ PACKAGE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 
 # Floors, lowest first: a module may import its own floor's rooms and the floors below, never above.
 FLOORS = [
-    ["tsm_keras.errors", "tsm_keras.disk", "tsm_keras.config", "tsm_keras.runtime", "tsm_keras.layers",
-     "tsm_keras.saved_models"],
+    ["tsm_keras.errors", "tsm_keras.disk", "tsm_keras.progress", "tsm_keras.config", "tsm_keras.runtime",
+     "tsm_keras.layers", "tsm_keras.saved_models"],
     ["tsm_keras.runs", "tsm_keras.models", "tsm_keras.data"],
     ["tsm_keras.convert"],
     ["tsm_keras.loading"],

@@ -119,6 +119,8 @@ def test_predict_mode_prints_the_right_top1_and_goes_on_after_bad_videos(trained
     assert len(by_video[short]["predictions"]) == 5  # too short: frames repeated, still classified
     assert by_video[str(corrupt)]["error"].startswith(str(corrupt))
     assert "9/11 videos classified" in captured.out and "2 unreadable" in captured.out
+    # The progress line (stderr, not a TTY here): its last state is printed at the end.
+    assert "predict: videos 11/11 [" in captured.err and "failed 2" in captured.err
 
 
 def test_saved_model_and_keras_predict_the_same(trained_run, exported):

@@ -16,6 +16,7 @@ import sys
 import numpy as np
 
 from tsm_keras.errors import MissingInputError, UsageError
+from tsm_keras.progress import ProgressLine
 
 # Views per forward pass: bounds memory with 10 clips x 3 crops of ResNet-50.
 VIEW_CHUNK = 8
@@ -241,8 +242,10 @@ def predict_videos(config):
         os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
         sink = open(output, "w")
     failures = 0
+    # Many inputs: a progress line on stderr (results stay on stdout).
+    line = ProgressLine("predict: videos", len(paths)) if len(paths) > 1 else None
     try:
-        for path in paths:
+        for done, path in enumerate(paths, 1):
             try:
                 result = classifier.predict_video(path, top_k=top_k)
             except Exception as error:  # noqa: BLE001 - e.g. a corrupt JPEG is a tf OpError: go on
@@ -256,7 +259,11 @@ def predict_videos(config):
             if sink is not None:
                 sink.write(json.dumps(record) + "\n")
                 sink.flush()
+            if line is not None:
+                line.update(done, failed=failures)
     finally:
+        if line is not None:
+            line.close()
         if sink is not None:
             sink.close()
     done = len(paths) - failures

@@ -20,18 +20,20 @@
    `train_frames.txt`/`val_frames.txt` are written in --frames_dir with the true frame counts.
 """
 
-import concurrent.futures
+import contextlib
 import json
 import logging
 import multiprocessing
 import os
 import shutil
+import time
 
 import cv2
 
 from tsm_keras import disk
 from tsm_keras.data import decode, lists
 from tsm_keras.errors import MissingInputError, UsageError
+from tsm_keras.progress import ProgressLine
 
 log = logging.getLogger(__name__)
 JPEG_QUALITY = 95
@@ -210,21 +212,28 @@ def extract_list(list_path, data_root, frames_dir, out_list, *, short_side=0, fr
             os.path.basename(relative))[0]
         jobs.append((record, relative, (record.path, os.path.join(frames_dir, relative), short_side, frame_template)))
     workers = max(1, int(workers))
-    if workers == 1:
-        results = [_extract_one(job[2]) for job in jobs]
-    else:
-        # fork is enough: the workers only run OpenCV.
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            results = list(pool.map(_extract_one, [job[2] for job in jobs], chunksize=4))
-    rows, skipped = [], 0
-    for (record, relative, _), (count, error) in zip(jobs, results):
-        if error is not None:
-            if on_bad_sample == "fail":
-                raise decode.BadSampleError(record.path, f"{error} ({record.source}; --on_bad_sample=fail)")
-            log.warning("skipping %s (%s)", error, record.source)
-            skipped += 1
-            continue
-        rows.append((relative, count, record.label))
+    line = ProgressLine(f"prepare {os.path.basename(list_path)}: videos", len(jobs))
+    rows, skipped, frames = [], 0, 0
+    with contextlib.ExitStack() as stack:
+        if workers == 1:
+            results = map(_extract_one, [job[2] for job in jobs])
+        else:
+            # fork is enough: the workers only run OpenCV. imap: results in order, as they come.
+            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(workers))
+            results = pool.imap(_extract_one, [job[2] for job in jobs], chunksize=1)
+        for done, ((record, relative, _), (count, error)) in enumerate(zip(jobs, results), 1):
+            if error is not None:
+                if on_bad_sample == "fail":
+                    raise decode.BadSampleError(record.path, f"{error} ({record.source}; --on_bad_sample=fail)")
+                line.note(f"warning: skipping {error} ({record.source})")  # as it happens, not at the end
+                skipped += 1
+            else:
+                rows.append((relative, count, record.label))
+                frames += count
+            line.update(done, **{"frames/s": f"{frames / max(time.time() - line.began, 1e-9):.0f}", "bad": skipped})
+    line.close()
+    if skipped:
+        log.warning("%s: %d of %d videos skipped as unreadable (listed above)", list_path, skipped, len(jobs))
     lists.write_list(out_list, rows)
     return len(rows), skipped
 

@@ -31,6 +31,7 @@ from tsm_keras.data.tfrecord_format import (MANIFEST_FILE, has_valid_index, inde
                                             scan_shard, shard_name)
 from tsm_keras import disk
 from tsm_keras.errors import UsageError
+from tsm_keras.progress import ProgressLine
 
 log = logging.getLogger(__name__)
 JPEG_QUALITY = 90
@@ -164,15 +165,26 @@ def convert_list(list_path, data_format, data_root, out_dir, split, *, videos_pe
     args = (data_format, short_side, frame_template, on_bad_sample)
     tasks = [(write_shard, (shard, path) + args) for shard, path in todo] + [(index_shard, (p,)) for p in unindexed]
     workers = max(1, min(int(workers), len(tasks)))
+    line = ProgressLine(f"tfrecords {split}: shards", len(tasks), unit="shards")
+    videos = 0
+
+    def finished(done, result):
+        nonlocal videos
+        if isinstance(result, dict) and "skipped" in result:  # write_shard's counts (bad samples are logged
+            videos += result["videos"] + result["skipped"]      # as they happen); index_shard gives no counts
+        line.update(done, videos=f"{videos}/{len(records)}")
+
     if workers == 1:
-        for function, task_args in tasks:
-            function(*task_args)
+        for done, (function, task_args) in enumerate(tasks, 1):
+            finished(done, function(*task_args))
     else:
         # spawn: the workers start clean rather than forking a process that runs TensorFlow threads.
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-            for future in [pool.submit(function, *task_args) for function, task_args in tasks]:
-                future.result()
+            futures = [pool.submit(function, *task_args) for function, task_args in tasks]
+            for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
+                finished(done, future.result())
+    line.close()
     totals = dict(videos=0, frames=0, skipped=0, skipped_paths=[])
     for _, path in jobs:
         with open(f"{path}.json") as f:

@@ -80,7 +80,7 @@ def predict_dataset(model, dataset, progress=None, max_clips=MAX_CLIPS_PER_FORWA
         all_logits.append(average_views(logits, views))
         all_labels.append(np.asarray(labels).reshape(-1))
         if progress is not None:
-            progress(len(all_labels[-1]))
+            progress(all_logits[-1], all_labels[-1])  # this batch's view-averaged logits and labels
     if not all_logits:
         raise UsageError("the evaluation dataset is empty: check --val_list and --data_root.")
     return np.concatenate(all_logits), np.concatenate(all_labels)
@@ -93,13 +93,26 @@ class Evaluator:
     replica, every replica evaluates its share of the list and the counts are summed (the same
     metrics as one device's); None or one replica: the batches run here, `MAX_CLIPS_PER_FORWARD` clips
     at a time. `dataset`: evaluate these `(clips, labels)` batches instead of building the split's.
+    `progress=True`: a progress line (videos done / total, views, ETA, running top-1; `tsm_keras.progress`).
     """
 
-    def __init__(self, model, config, data, split="val", strategy=None, dataset=None):
+    def __init__(self, model, config, data, split="val", strategy=None, dataset=None, progress=False):
         self.model, self.config, self.data, self.split, self.dataset = model, config, data, split, dataset
+        self.progress = progress
         self.distributed = None
         if strategy is not None and strategy.num_replicas_in_sync > 1 and dataset is None:
-            self.distributed = distributed_metrics_function(strategy, model, data, config, split)
+            self.distributed = distributed_metrics_function(strategy, model, data, config, split,
+                                                            progress=self._progress_line if progress else None)
+
+    def _progress_line(self):
+        from tsm_keras.progress import ProgressLine
+
+        try:
+            total = int(self.data.num_samples(self.config, self.split))
+        except (AttributeError, OSError, ValueError):
+            total = 0
+        views = int(self.config.test_clips) * int(self.config.test_crops)
+        return ProgressLine(f"eval ({views} view{'s' if views > 1 else ''}/video): videos", total or 1)
 
     def run(self):
         if self.distributed is not None:
@@ -108,11 +121,24 @@ class Evaluator:
         if dataset is None:
             dataset = self.data.build_dataset(self.config, self.split, batch_size=eval_batch_size(self.config),
                                               shuffle=False)
-        logits, labels = predict_dataset(self.model, dataset)
+        callback, line = None, None
+        if self.progress:
+            line, seen = self._progress_line(), [0, 0]
+
+            def callback(logits, labels):
+                seen[0] += len(labels)
+                seen[1] += int((np.argmax(logits, -1) == labels).sum()) if len(labels) else 0
+                line.total = max(line.total, seen[0])
+                line.update(seen[0], top1=seen[1] / max(seen[0], 1))
+        try:
+            logits, labels = predict_dataset(self.model, dataset, progress=callback)
+        finally:
+            if line is not None:
+                line.close()
         return compute_metrics(logits, labels, self.config.num_classes)
 
 
-def distributed_metrics_function(strategy, model, data, config, split="val"):
+def distributed_metrics_function(strategy, model, data, config, split="val", progress=None):
     """A function computing `compute_metrics`' dict of `model` on `split`, on every replica of
     every worker: each worker reads its shard of the list, each replica counts its confusion matrix and
     top-5 hits (mean logits over a video's views), and the sums over all replicas give the metrics of the
@@ -158,10 +184,20 @@ def distributed_metrics_function(strategy, model, data, config, split="val"):
 
     def run():
         confusion, top5 = np.zeros((num_classes, num_classes), np.int64), 0
+        # `progress` makes the line; the chief shows it (every worker sees the summed counts).
+        from tsm_keras import runtime
+
+        line = progress() if progress is not None and runtime.is_chief(strategy) else None
         for batch in strategy.distribute_datasets_from_function(dataset_fn):
             batch_confusion, batch_top5 = step(batch)
             confusion += np.rint(batch_confusion.numpy()).astype(np.int64)
             top5 += int(round(float(batch_top5)))
+            if line is not None:
+                done = int(confusion.sum())
+                line.total = max(line.total, done)
+                line.update(done, top1=float(np.trace(confusion)) / max(done, 1))
+        if line is not None:
+            line.close()
         if not confusion.any():
             raise UsageError("the validation dataset is empty: check --val_list and --data_root.")
         return metrics_from_counts(confusion, top5)
@@ -192,10 +228,10 @@ def evaluate(config, *, dataset=None, data=None):
     if distributed:
         with strategy.scope():
             model, run_config, label_names = load_trained(config)
-        metrics = Evaluator(model, run_config, data, strategy=strategy).run()
+        metrics = Evaluator(model, run_config, data, strategy=strategy, progress=True).run()
     else:
         model, run_config, label_names = load_trained(config)
-        metrics = Evaluator(model, run_config, data, dataset=dataset).run()
+        metrics = Evaluator(model, run_config, data, dataset=dataset, progress=True).run()
     views = run_config.test_clips * run_config.test_crops
     metrics["views"] = views
     metrics["weights"] = os.path.abspath(run_config.weights)
