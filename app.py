@@ -134,6 +134,9 @@ flags.DEFINE_boolean("validate", False, "Evaluate after each epoch.")
 flags.DEFINE_integer("steps_per_epoch", 0, "Training steps per epoch (0 = one pass over the list).")
 flags.DEFINE_integer("checkpoint_every", 500, "Checkpoint every N steps (and at each epoch end; 0 = epoch ends only).")
 flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept (plus the best by validation top-1).")
+flags.DEFINE_boolean("sync_bn", False, "Synchronized BatchNorm in training: batch statistics over the global batch "
+                     "(all replicas and workers) instead of each replica's share, as PaddleVideo's and MMAction2's "
+                     "SyncBN; costs all-reduces per BatchNorm layer and step.")
 flags.DEFINE_boolean("debug", False, "Show the Python traceback of a user error (a bad flag, list file or "
                      "checkpoint) instead of the one `error: ...` line.")
 flags.DEFINE_boolean("deterministic", False, "Deterministic ops (bit-identical reruns and resumes; slower).")

@@ -117,6 +117,7 @@ class Config:
     steps_per_epoch: int = 0  # 0 = one pass over the training list
     checkpoint_every: int = 500  # steps; 0 = only at epoch ends
     keep_checkpoints: int = 3
+    sync_bn: bool = False  # BatchNorm statistics over the global batch (all replicas and workers) in training
     deterministic: bool = False  # tf.config.experimental.enable_op_determinism (bit-exact resume)
 
     extra: dict = dataclasses.field(default_factory=dict)

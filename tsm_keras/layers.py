@@ -227,12 +227,15 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     float32); the README's benchmarks give what it saves. Same variables, same semantics: the moving
     variance is updated with the *biased* batch variance, as Keras and Paddle do (the fused op
     returns the unbiased one, which is rescaled). Other backends, masks, renorm or a channel axis
-    other than the last of a 4-D input fall back to the Keras implementation.
+    other than the last of a 4-D input fall back to the Keras implementation, and so does
+    `synchronized=True` (`synchronize_batchnorm`: statistics over every replica's batch).
     """
 
     def _fusable(self, inputs, mask):
+        # synchronized=True (--sync_bn): Keras' implementation all-reduces the moments across replicas.
         axis = self.axis if isinstance(self.axis, int) else (self.axis[0] if len(self.axis) == 1 else None)
         return (keras.backend.backend() == "tensorflow" and mask is None and not self.renorm
+                and not self.synchronized
                 and len(inputs.shape) == 4 and axis in (-1, 3) and self.scale and self.center)
 
     def call(self, inputs, training=None, mask=None):
@@ -311,3 +314,15 @@ class UnfusedLeakyReLU(keras.layers.Layer):
         config = super().get_config()
         config.update(negative_slope=self.negative_slope)
         return config
+
+
+def synchronize_batchnorm(model, synchronized=True):
+    """Make every BatchNormalization layer of `model` compute its training statistics over the global batch
+    (all replicas and workers of the current `tf.distribute` strategy), as `synchronized=True` layers do;
+    returns how many. Inference and the variables are unchanged, so weights load either way."""
+    count = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = bool(synchronized)
+            count += 1
+    return count

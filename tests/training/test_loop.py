@@ -339,3 +339,24 @@ def test_multi_worker_sigterm_to_one_worker_stops_both_after_the_same_step(tmp_p
         steps.append(int(line.split("after step ")[1].split()[0]))
     assert steps[0] == steps[1]
     assert sorted(os.listdir(tmp_path / "run" / "checkpoints"))[-1] == f"ckpt-{steps[0]:09d}"
+
+
+def test_sync_bn_mirrored_gives_the_moving_statistics_of_one_device_on_the_whole_batch(tmp_path):
+    # Two replicas of 2 clips each; one device sees the 4. Per-replica statistics (no --sync_bn) differ.
+    small = dict(epochs=1, steps_per_epoch=2, validate=False, lr=1e-4, lr_values=[1e-4], precision="float32")
+    single = _config(tmp_path / "single", **small)
+    synced = _config(tmp_path / "synced", strategy="mirrored", sync_bn=True, **small)
+    local = _config(tmp_path / "local", strategy="mirrored", **small)
+    outputs = [_run(config, "--logical_cpus=2") for config in (single, synced, local)]
+    assert "sync_bn: 20 BatchNorm layers use statistics over all 2 replicas" in outputs[1]
+    names = [v.path for v in build_tsm(**single.model_kwargs(normalize_input=True)).weights]
+    initial = _initial_weights(single)
+    worst_synced = worst_local = 0.0
+    for name, w0, a, b, c in zip(names, initial, _weights(single), _weights(synced), _weights(local)):
+        if "moving" not in name:
+            continue
+        scale = max(float(np.abs(a - w0).max()), 1e-12)  # how far the statistics moved in 2 steps
+        worst_synced = max(worst_synced, float(np.abs(b - a).max()) / scale)
+        worst_local = max(worst_local, float(np.abs(c - a).max()) / scale)
+    assert worst_synced < 1e-3, worst_synced
+    assert worst_local > 1e-2, worst_local  # the test can tell per-replica statistics apart

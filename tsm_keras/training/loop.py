@@ -88,6 +88,12 @@ def train(config, *, data=None, stop_after_steps=None):
 
     with strategy.scope():
         model = build_tsm(**config.model_kwargs(normalize_input=True))
+        if config.sync_bn:
+            from tsm_keras.layers import synchronize_batchnorm
+
+            layers = synchronize_batchnorm(model)
+            if chief:
+                print(f"sync_bn: {layers} BatchNorm layers use statistics over all {replicas} replicas", flush=True)
         schedule = build_schedule(config, steps_per_epoch)
         # config.json keeps the precision as asked ("auto" resumes on any machine); the optimizer needs
         # the policy it resolved to (mixed_float16 -> dynamic loss scaling).
