@@ -140,14 +140,7 @@ def export_saved_model(model, export_dir, label_names=None, scale_size=256, imag
     """
     archive, metadata = build_export_archive(model, label_names, scale_size, image_size, top_k, fold_batchnorm,
                                              precision)
-    os.makedirs(export_dir, exist_ok=True)
-    if version is not None:
-        version = int(version)
-        if version < 0:
-            raise UsageError(f"version must be a non-negative integer, got {version}.")
-        if os.path.exists(os.path.join(export_dir, str(version))):
-            raise ExistingOutputError(f"{os.path.join(export_dir, str(version))} exists; versions are never "
-                                  f"overwritten: pick another version or leave it unset for the next one.")
+    version = _check_new_version(export_dir, version)
     # Hidden (TF Serving only loads integer names) and on the same file system, so the final
     # rename is atomic.
     tmp = os.path.join(export_dir, f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
@@ -161,6 +154,20 @@ def export_saved_model(model, export_dir, label_names=None, scale_size=256, imag
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _check_new_version(export_dir, version):
+    """Create `export_dir`; an explicit `version` must be a new non-negative integer. Returns it (or None)."""
+    os.makedirs(export_dir, exist_ok=True)
+    if version is None:
+        return None
+    version = int(version)
+    if version < 0:
+        raise UsageError(f"version must be a non-negative integer, got {version}.")
+    if os.path.exists(os.path.join(export_dir, str(version))):
+        raise ExistingOutputError(f"{os.path.join(export_dir, str(version))} exists; versions are never "
+                                  f"overwritten: pick another version or leave it unset for the next one.")
+    return version
 
 
 def _rename_to_version(tmp, export_dir, version):
