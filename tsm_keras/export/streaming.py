@@ -11,6 +11,7 @@ SavedModel (`export_streaming_saved_model`), `<export_dir>/<version>/`:
                  centre crop image_size, normalization: as serving_default does per frame), state_... ->
                  logits, probabilities float32 [batch, classes], top_k_indices int32 [batch, k],
                  top_k_labels string [batch, k], and the new state_... (same names as the inputs)
+    serving_default  the same as call (what TF Serving runs when a request names no signature)
     `assets.extra/tsm_export.json` says `"streaming": true` and lists the states.
 TFLite (`export_streaming_tflite`), batch 1, signature `call`: frame float32 [1, S, S, 3] RGB 0-255
     centre-cropped, state_... -> logits, probabilities, new state_... (same names); initial states are
@@ -20,7 +21,7 @@ ONNX (`export_streaming_onnx`), batch 1: inputs frame float32 [1, S, S, 3] and s
     input's name).
 
 Agreement with the Keras streamed scores over 8 frames (max |logit diff| / max(1, max |logit|); the test's
-bound, then what a ResNet-18 online TSM at 64 px measures; tests/export/test_streaming.py):
+bound, then what a ResNet-18 online TSM at 64 px measures; tests/export/test_streaming_exports.py):
     SavedModel           1e-5  [2e-6]  BatchNorm folded into the convs
     TFLite float32       1e-4  [2e-6]
     TFLite dynamic_int8  1e-1  [3e-2]  max |probability diff| 1e-2, top-1 kept on every frame; check
@@ -48,9 +49,9 @@ from tsm_keras.export.saved_model import (METADATA_FILE, _check_labels, _check_n
 from tsm_keras.export.tflite import QUANTIZATIONS, _convert
 from tsm_keras.models.inference import at_image_size, inference_form, model_input_spec, with_raw_frame_input
 from tsm_keras.models.streaming import FRAME_INPUT, check_streamable, to_streaming
+from tsm_keras.saved_models import DEFAULT_SIGNATURE, INIT_STATES_SIGNATURE, STREAMING_CALL_SIGNATURE
 
-INIT_STATES_SIGNATURE = "init_states"
-CALL_SIGNATURE = "call"
+CALL_SIGNATURE = STREAMING_CALL_SIGNATURE
 ONNX_NEW_STATE_PREFIX = "new_"
 
 
@@ -117,8 +118,10 @@ def build_streaming_archive(model, label_names=None, scale_size=256, image_size=
     archive.track(stream)
     archive.add_endpoint(INIT_STATES_SIGNATURE, init_states,
                          input_signature=[tf.TensorSpec([], tf.int32, name="batch_size")])
-    archive.add_endpoint(CALL_SIGNATURE, call, input_signature=[
-        tf.TensorSpec([None, None, None, 3], tf.uint8, name=FRAME_INPUT), *specs.values()])
+    call_signature = [tf.TensorSpec([None, None, None, 3], tf.uint8, name=FRAME_INPUT), *specs.values()]
+    archive.add_endpoint(CALL_SIGNATURE, call, input_signature=call_signature)
+    # Else the archive makes its first endpoint, init_states, the default: TF Serving's step must be the call.
+    archive.add_endpoint(DEFAULT_SIGNATURE, call, input_signature=call_signature)
     metadata = {
         "format": "tsm_keras.saved_model/1",
         "streaming": True,
@@ -134,6 +137,7 @@ def build_streaming_archive(model, label_names=None, scale_size=256, image_size=
             CALL_SIGNATURE: {"inputs": {FRAME_INPUT: "uint8 [batch, height, width, 3] RGB", **{
                 name: "the state of the previous call (init_states at the start)" for name in names}},
                 "outputs": ["logits", "probabilities", "top_k_indices", "top_k_labels", *names]},
+            DEFAULT_SIGNATURE: {"same_as": CALL_SIGNATURE},
         },
     }
     return archive, metadata
@@ -146,7 +150,7 @@ def export_streaming_saved_model(model, export_dir, label_names=None, scale_size
     Versions behave as `export_saved_model`'s: the next integer by default, never overwritten.
     """
     archive, metadata = build_streaming_archive(model, label_names, scale_size, image_size, top_k, fold_batchnorm)
-    version = _check_new_version(export_dir, version)
+    version = _check_new_version(export_dir, version, streaming=True)
     tmp = os.path.join(export_dir, f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         archive.write_out(tmp, verbose=verbose)

@@ -26,6 +26,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from tsm_keras.errors import UsageError
 from tsm_keras.layers import FoldTime, SegmentConsensus, TemporalShift, shift_folds
 
 FRAME_INPUT = "frame"
@@ -81,23 +82,24 @@ class StreamingShift(keras.layers.Layer):
 
 
 def check_streamable(model):
-    """Raise ValueError unless every `TemporalShift` of `model` is uni-directional and at its top level."""
+    """Raise UsageError (a ValueError) unless every `TemporalShift` of `model` is uni-directional and at the
+    top level of its graph."""
     if not isinstance(model, keras.Model) or not hasattr(model, "_run_through_graph"):
-        raise ValueError(f"to_streaming needs a functional Keras model (tsm_keras.build_tsm), got "
+        raise UsageError(f"to_streaming needs a functional Keras model (tsm_keras.build_tsm), got "
                          f"{type(model).__name__}.")
     shifts = [layer for layer in model.layers if isinstance(layer, TemporalShift)]
     bidirectional = [layer.name for layer in shifts if layer.direction != "unidirectional"]
     if bidirectional:
-        raise ValueError(f"a bi-directional TSM cannot stream: its shifts {bidirectional[:3]}"
+        raise UsageError(f"a bi-directional TSM cannot stream: its shifts {bidirectional[:3]}"
                          f"{'...' if len(bidirectional) > 3 else ''} read the next frame. Train an online TSM "
                          f"with --shift=unidirectional (build_tsm(..., shift='unidirectional')).")
     for layer in model.layers:
         if isinstance(layer, keras.Model) and any(isinstance(inner, TemporalShift)
                                                    for inner in layer._flatten_layers(include_self=False)):
-            raise ValueError(f"{model.name}: the shifts of nested model {layer.name!r} are out of reach; build the "
+            raise UsageError(f"{model.name}: the shifts of nested model {layer.name!r} are out of reach; build the "
                              "backbone's layers directly in the classifier's graph (as build_tsm does).")
     if len(model.inputs) != 1 or len(model.inputs[0].shape) not in (4, 5):
-        raise ValueError(f"{model.name}: expected one input of frames [batch, T, H, W, 3] (or folded "
+        raise UsageError(f"{model.name}: expected one input of frames [batch, T, H, W, 3] (or folded "
                          f"[batch*T, H, W, 3]), got {[tuple(x.shape) for x in model.inputs]}.")
 
 
@@ -192,7 +194,7 @@ class StreamingTSM(keras.Model):
 def to_streaming(model):
     """The streaming form of a uni-directional TSM, sharing its weights: a `StreamingTSM`.
 
-    Raises ValueError for a bi-directional model (it reads the next frame; train with
+    Raises UsageError (a ValueError) for a bi-directional model (it reads the next frame; train with
     `--shift=unidirectional`). A TSN (`shift="none"`) streams with no states.
     """
     return StreamingTSM(model)

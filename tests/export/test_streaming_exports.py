@@ -84,6 +84,7 @@ FRESH_PROCESS = textwrap.dedent("""
     saved_model_dir, inputs_path, outputs_path = sys.argv[1:4]
     frames = np.load(inputs_path)["frames"]
     loaded = tf.saved_model.load(saved_model_dir)
+    assert sorted(loaded.signatures) == ["call", "init_states", "serving_default"]
     states = loaded.signatures["init_states"](batch_size=tf.constant(frames.shape[0]))
     outputs = {"probabilities": [], "logits": [], "top_k_indices": [], "top_k_labels": []}
     for t in range(frames.shape[1]):
@@ -176,3 +177,34 @@ def test_bidirectional_model_is_refused_before_any_export(tmp_path):
     with pytest.raises(ValueError, match="--shift=unidirectional"):
         export_streaming_saved_model(model, str(tmp_path / "stream"))
     assert not os.path.exists(tmp_path / "stream")
+
+
+def test_export_mode_writes_each_streaming_format(online_tsm, tmp_path, capsys):
+    """`--mode=export --streaming --export_format=saved_model|tflite|onnx` from a `.keras` file; a folder holds
+    one kind of SavedModel, and predict says what to do with a streaming one."""
+    import tensorflow as tf
+
+    import tsm_keras
+    from tsm_keras.config import Config
+    from tsm_keras.errors import UsageError
+    from tsm_keras.export import export_model
+    from tsm_keras.export.saved_model import export_saved_model
+
+    source = str(tmp_path / "online.keras")
+    online_tsm.save(source)
+    config = Config(weights=source, export_dir=str(tmp_path / "online"), num_classes=len(LABELS),
+                    image_size=IMAGE_SIZE, scale_size=SCALE_SIZE, streaming=True)
+    path = export_model(config)
+    assert sorted(tf.saved_model.load(path).signatures) == ["call", "init_states", "serving_default"]
+    for export_format in ("tflite", "onnx"):
+        export_model(config.replace(export_format=export_format))
+        printed = capsys.readouterr().out
+        diff = float(printed.rsplit("over 4 frames ", 1)[1].split()[0])
+        assert diff <= 1e-4, printed
+    assert sorted(os.listdir(tmp_path / "online")) == ["1", "tsm_resnet18_streaming.onnx",
+                                                        "tsm_resnet18_streaming_float32.tflite"]
+
+    with pytest.raises(UsageError, match="holds streaming exports"):
+        export_saved_model(online_tsm, str(tmp_path / "online"), scale_size=SCALE_SIZE)
+    with pytest.raises(UsageError, match="streaming export"):
+        tsm_keras.load(path)
