@@ -93,6 +93,9 @@ flags.DEFINE_enum("tflite_quant", "float32", ["float32", "float16", "dynamic_int
                   "float16, or dynamic-range int8.")
 flags.DEFINE_enum("trt_precision", "", ["", "FP32", "FP16", "INT8"], "--mode=export: also convert the SavedModel "
                   "with TF-TRT (needs TensorFlow built with TensorRT; INT8 calibrates on --val_list).")
+flags.DEFINE_boolean("streaming", False, "--mode=export: the online (streaming) form of a --shift=unidirectional "
+                     "model: one frame and the shift states in, per-frame scores and new states out (SavedModel "
+                     "signatures init_states and call; TFLite and ONNX of one step, batch 1).")
 flags.DEFINE_integer("top_k", 5, "Labels reported per video (predict) and in the SavedModel's top_k outputs.")
 flags.DEFINE_string("input", "", "--mode=predict: a video file, a frame folder, a folder of videos, or a list file.")
 flags.DEFINE_string("saved_model", "", "--mode=predict: a SavedModel export (or its versioned folder) instead of --weights.")

@@ -26,6 +26,7 @@ def runs(tmp_path_factory):
                                 f"--model_dir={d}/r3"],
         "unknown format": ["--mode=convert", f"--source={d}/weights.bin", f"--output={d}/x.keras"],
         "flag combination": ["--mode=export", "--export_format=onnx", "--export_precision=bfloat16"],
+        "streaming precision": ["--mode=export", "--streaming", "--export_precision=bfloat16"],
         "debug": ["--mode=convert", f"--source={d}/weights.bin", f"--output={d}/x.keras", "--debug"],
     }
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
@@ -44,6 +45,7 @@ def runs(tmp_path_factory):
     ("class count", "the label map has 3 classes but --num_classes=5"),
     ("unknown format", "{d}/weights.bin: unknown weights format"),
     ("flag combination", "--export_precision=bfloat16 is for --export_format=saved_model"),
+    ("streaming precision", "--streaming exports float32 only"),
 ])
 def test_user_error_is_one_line_and_status_2(runs, case, message):
     d, results = runs

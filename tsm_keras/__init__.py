@@ -13,10 +13,10 @@ with runtime.quiet_tensorflow_startup():
     _tf.config.list_physical_devices("GPU")  # the cuInit probe, inside the filter; starts no runtime
 
 from tsm_keras.layers import FoldTime, FrameNormalization, SegmentConsensus, TemporalShift  # noqa: E402
-from tsm_keras.models import TSM, build_tsm  # noqa: E402
+from tsm_keras.models import TSM, build_tsm, to_streaming  # noqa: E402
 
 __all__ = ["FoldTime", "FrameNormalization", "SegmentConsensus", "TSM", "TemporalShift", "build_tsm",
-           "load", "__version__"]
+           "load", "to_streaming", "__version__"]
 
 
 def load(path, config=None, num_clips=None, num_crops=None, top_k=None):

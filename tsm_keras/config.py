@@ -80,6 +80,7 @@ class Config:
     tflite_quant: str = "float32"  # float32 | float16 | dynamic_int8
     export_precision: str = "float32"  # SavedModel compute: float32 | bfloat16 (bfloat16 inference form)
     trt_precision: str = ""  # "" (no TF-TRT) | FP32 | FP16 | INT8
+    streaming: bool = False  # export the per-frame step of a uni-directional TSM (states in and out)
     top_k: int = 5
     input: str = ""
     saved_model: str = ""

@@ -206,6 +206,10 @@ def load(path, config=None, num_clips=None, num_crops=None, top_k=None):
         if metadata is None:
             raise UsageError(f"{saved_model_dir}: no assets.extra/tsm_export.json; predict reads SavedModels written "
                              f"by `python app.py --mode=export` (for others call their signatures directly).")
+        if saved_models.is_streaming_export(metadata):
+            raise UsageError(f"{saved_model_dir} is a streaming export (signatures {saved_models.INIT_STATES_SIGNATURE}"
+                             f", {saved_models.STREAMING_CALL_SIGNATURE}: one frame and the states per call); predict "
+                             "classifies clips: export without --streaming, or call its signatures frame by frame.")
         return SavedModelVideoClassifier(
             saved_model_dir, num_segments=metadata["num_segments"], image_size=metadata["image_size"],
             scale_size=metadata["scale_size"], label_names=metadata["label_names"], num_clips=num_clips,

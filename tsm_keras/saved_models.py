@@ -3,7 +3,8 @@
 
     <export_dir>/<version>/saved_model.pb      integer versions; TF Serving serves the highest
     <export_dir>/<version>/assets.extra/tsm_export.json   model config, preprocessing, label names
-    signatures: serving_default (uint8 frames), serving_clips (float32 clips)
+    signatures: serving_default (uint8 frames), serving_clips (float32 clips); a streaming export
+    (`--streaming`, tsm_export.json says "streaming": true) has init_states and call (serving_default = call)
 
 Only this module knows these names; it imports no TensorFlow (writing lives in tsm_keras.export).
 """
@@ -16,6 +17,9 @@ from tsm_keras.errors import MissingInputError
 DEFAULT_SIGNATURE = "serving_default"
 CLIPS_SIGNATURE = "serving_clips"
 METADATA_FILE = os.path.join("assets.extra", "tsm_export.json")
+# The streaming export's signatures (TF Model Garden MoViNet's names): zeros for a batch, then one step per frame.
+INIT_STATES_SIGNATURE = "init_states"
+STREAMING_CALL_SIGNATURE = "call"
 
 
 def list_versions(export_dir):
@@ -48,6 +52,11 @@ def is_saved_model(path):
         return True
     except FileNotFoundError:
         return False
+
+
+def is_streaming_export(metadata):
+    """Whether `read_export_metadata`'s record is of a streaming export (one frame and states per call)."""
+    return bool(metadata and metadata.get("streaming"))
 
 
 def read_export_metadata(saved_model_dir):

@@ -3,7 +3,7 @@
 `python app.py --mode=export --weights=<run folder | .keras | .pdparams ...> --export_dir=saved_models/tsm`
     [--export_format=saved_model|onnx|tflite] [--export_precision=float32|bfloat16 (SavedModel)]
     [--tflite_quant=float32|float16|dynamic_int8]
-    [--trt_precision=FP32|FP16|INT8]
+    [--trt_precision=FP32|FP16|INT8] [--streaming (a uni-directional model's per-frame step; see export/streaming.py)]
 
 Kept import-light: each format's module imports TensorFlow (and tf2onnx, onnxruntime) itself.
 """
@@ -24,6 +24,9 @@ def export_model(config):
     if config.export_precision != "float32" and config.export_format != "saved_model":
         raise UsageError(f"--export_precision={config.export_precision} is for --export_format=saved_model (TFLite "
                          "has --tflite_quant=float16|dynamic_int8).")
+    if config.streaming and (config.export_precision != "float32" or config.trt_precision):
+        raise UsageError("--streaming exports float32 only: drop --export_precision and --trt_precision (TFLite has "
+                         "--tflite_quant=dynamic_int8).")
     if config.trt_precision:
         if config.export_format != "saved_model":
             raise UsageError("--trt_precision converts the SavedModel: use it with --export_format=saved_model.")
@@ -41,6 +44,8 @@ def export_model(config):
     from tsm_keras.loading import load_trained
 
     model, run_config, label_names = load_trained(config, config.weights or config.model_dir)
+    if config.streaming:
+        return _export_streaming(model, run_config, label_names, config)
     if config.export_format == "saved_model":
         return _export_saved_model(model, run_config, label_names, config)
     model = _fixed_size(model, run_config)
@@ -162,6 +167,71 @@ def _export_tflite(model, config):
     print(f"export: TFLite {config.tflite_quant} in {path} ({os.path.getsize(path) / 2**20:.1f} MiB); input clips "
           f"float32 [1, T, S, S, 3] RGB 0-255 centre-cropped; max |logit diff| vs Keras {diff:.2e}")
     return path
+
+
+def _export_streaming(model, run_config, label_names, config):
+    """`--streaming`: the per-frame step of a uni-directional model, in `--export_format`."""
+    import numpy as np
+
+    from tsm_keras.export import streaming
+    from tsm_keras.models.inference import model_input_spec
+
+    streaming.check_streamable(model)  # a bi-directional model: the fix (--shift=unidirectional) before any work
+    image_size = model_input_spec(model)[1] or run_config.image_size
+    if config.export_format == "saved_model":
+        path = streaming.export_streaming_saved_model(model, config.export_dir, label_names=label_names,
+                                                      scale_size=run_config.scale_size, image_size=image_size,
+                                                      top_k=config.top_k)
+        print(f"export: streaming SavedModel version {os.path.basename(path)} in {path} (signatures init_states: "
+              f"batch_size -> zero states; call: uint8 frame [batch, H, W, 3] + states -> probabilities, top-k, "
+              f"new states)")
+        return path
+    stream, _ = streaming.streaming_form(model, image_size, fold_batchnorm=False)  # the reference: as trained
+    frames = np.random.default_rng(0).uniform(0, 255, (4, 1, image_size, image_size, 3)).astype("float32")
+    states, expected = stream.init_states(1), []
+    for frame in frames:
+        logits, states = stream({"frame": frame, **states})
+        expected.append(np.asarray(logits))
+    if config.export_format == "onnx":
+        from tsm_keras.export.onnx import check_standard_ops, onnxruntime_session
+
+        path = _new_file(config, f"{model.name}_streaming.onnx")
+        ops = []
+
+        def write_checked(tmp):
+            streaming.export_streaming_onnx(model, tmp, image_size=image_size)
+            ops.extend(check_standard_ops(tmp))
+
+        _write_atomically(path, write_checked)
+        session = onnxruntime_session(path)
+        names = [output.name for output in session.get_outputs()]
+        states, got = {i.name: np.zeros(i.shape, np.float32) for i in session.get_inputs() if i.name != "frame"}, []
+        for frame in frames:
+            out = dict(zip(names, session.run(None, {"frame": frame, **states})))
+            states = {name: out[streaming.ONNX_NEW_STATE_PREFIX + name] for name in states}
+            got.append(out["logits"])
+        what = f"ONNX in {path}; ops: {', '.join(ops)}"
+    else:
+        path = _new_file(config, f"{model.name}_streaming_{config.tflite_quant}.tflite")
+        _write_atomically(path, lambda tmp: streaming.export_streaming_tflite(model, tmp, config.tflite_quant,
+                                                                              image_size=image_size))
+        runner = streaming.TFLiteStreamingRunner(path)
+        states, got = runner.init_states(), []
+        for frame in frames:
+            out, states = runner(frame, states)
+            got.append(out["logits"])
+        what = f"TFLite {config.tflite_quant} in {path} ({os.path.getsize(path) / 2**20:.1f} MiB)"
+    diff = float(np.abs(np.asarray(got) - np.asarray(expected)).max())
+    print(f"export: streaming {what}; input frame float32 [1, {image_size}, {image_size}, 3] RGB 0-255 "
+          f"centre-cropped + {len(stream.state_names)} states; max |logit diff| vs Keras over 4 frames {diff:.2e}")
+    return path
+
+
+def _write_atomically(path, write, what="export"):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with disk.writing(path, what, cleanup=[tmp]):
+        write(tmp)
+        os.replace(tmp, path)
 
 
 def load_keras_model(weights, config):

@@ -32,8 +32,8 @@ from tsm_keras import disk
 from tsm_keras.errors import ExistingOutputError, UsageError
 from tsm_keras.models.inference import ClipClassifier, inference_form, model_input_spec
 # The export folder's contract (versions, signature names, tsm_export.json) is shared with its readers.
-from tsm_keras.saved_models import (CLIPS_SIGNATURE, DEFAULT_SIGNATURE, METADATA_FILE, list_versions,
-                                    read_export_metadata, resolve_saved_model_dir)
+from tsm_keras.saved_models import (CLIPS_SIGNATURE, DEFAULT_SIGNATURE, METADATA_FILE, is_streaming_export,
+                                    list_versions, read_export_metadata, resolve_saved_model_dir)
 
 __all__ = ["CLIPS_SIGNATURE", "DEFAULT_SIGNATURE", "METADATA_FILE", "ClipClassifier", "build_export_archive",
            "check_input_shape", "export_saved_model", "inference_form", "list_versions", "model_input_spec",
@@ -140,14 +140,7 @@ def export_saved_model(model, export_dir, label_names=None, scale_size=256, imag
     """
     archive, metadata = build_export_archive(model, label_names, scale_size, image_size, top_k, fold_batchnorm,
                                              precision)
-    os.makedirs(export_dir, exist_ok=True)
-    if version is not None:
-        version = int(version)
-        if version < 0:
-            raise UsageError(f"version must be a non-negative integer, got {version}.")
-        if os.path.exists(os.path.join(export_dir, str(version))):
-            raise ExistingOutputError(f"{os.path.join(export_dir, str(version))} exists; versions are never "
-                                      f"overwritten: pick another version or leave it unset for the next one.")
+    version = _check_new_version(export_dir, version, streaming=False)
     # Hidden (TF Serving only loads integer names) and on the same file system, so the final
     # rename is atomic.
     tmp = os.path.join(export_dir, f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
@@ -158,6 +151,30 @@ def export_saved_model(model, export_dir, label_names=None, scale_size=256, imag
         with open(metadata_path, "w") as f:
             json.dump(metadata, f, indent=2)
         return _rename_to_version(tmp, export_dir, version)
+
+
+def _check_new_version(export_dir, version, streaming):
+    """Create `export_dir`; an explicit `version` must be a new non-negative integer. Returns it (or None).
+
+    A folder holds one kind of export: TF Serving serves its highest version, and a streaming model
+    (one frame and states per call) cannot answer clip requests, nor the other way round."""
+    versions = list_versions(export_dir)
+    if versions:
+        previous = read_export_metadata(os.path.join(export_dir, str(versions[-1])))
+        if previous is not None and is_streaming_export(previous) != streaming:
+            kinds = ("clip", "streaming") if streaming else ("streaming", "clip")
+            raise UsageError(f"{export_dir} holds {kinds[0]} exports (version {versions[-1]}); a {kinds[1]} export "
+                             "there would replace them in TF Serving: choose another --export_dir.")
+    os.makedirs(export_dir, exist_ok=True)
+    if version is None:
+        return None
+    version = int(version)
+    if version < 0:
+        raise UsageError(f"version must be a non-negative integer, got {version}.")
+    if os.path.exists(os.path.join(export_dir, str(version))):
+        raise ExistingOutputError(f"{os.path.join(export_dir, str(version))} exists; versions are never "
+                                  f"overwritten: pick another version or leave it unset for the next one.")
+    return version
 
 
 def _rename_to_version(tmp, export_dir, version):
