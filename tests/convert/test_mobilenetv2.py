@@ -15,7 +15,9 @@ import sys
 import numpy as np
 import pytest
 
-from tsm_keras.convert import ConversionError, detect_format, load_model_from_source
+from tsm_keras.config import Config
+from tsm_keras.convert import (ConversionError, convert_checkpoint, detect_format, init_from_pretrained,
+                               load_model_from_source)
 from tsm_keras.convert.converted import assign_converted
 from tsm_keras.convert.paddle import convert_paddle_state, read_pdparams
 from tsm_keras.convert.pytorch import convert_torch_state
@@ -85,6 +87,27 @@ def test_paddle_layout_errors(paddle_reference):
     with pytest.raises(ConversionError, match="backbone.conv4.conv4_9"):
         extra = {"backbone.conv4.conv4_9._linear_conv._conv.weight": np.zeros((1, 1, 1, 1))}
         convert_paddle_state(dict(state, **extra))
+
+
+def test_convert_mode_and_pretrained_take_pptsm_mv2(paddle_reference, tmp_path):
+    import keras
+
+    path, num_seg = paddle_reference["files"]["structured"], paddle_reference["num_seg"]
+    output = str(tmp_path / "pptsm_mv2.keras")
+    convert_checkpoint(Config(mode="convert", source=path, output=output, num_classes=CLASSES, num_segments=num_seg,
+                              backbone="mobilenetv2_paddle"))
+    saved = keras.saving.load_model(output)
+    assert (saved.backbone, saved.convention) == ("mobilenetv2_paddle", "paddle")
+    assert relative_error(keras_logits(saved, paddle_reference["clip"]), paddle_reference["logits"]) <= 1e-4
+    with pytest.raises(ConversionError, match="--backbone=mobilenetv2_paddle"):
+        convert_checkpoint(Config(mode="convert", source=path, output=output, num_classes=CLASSES))
+    # --pretrained: another class count, the head is skipped and the backbone taken.
+    model = build_tsm(3, num_segments=num_seg, backbone="mobilenetv2_paddle", convention="paddle")
+    messages = init_from_pretrained(model, path)
+    assert any("head skipped" in message for message in messages)
+    np.testing.assert_array_equal(model.get_layer("block1_expand").kernel,
+                                  np.transpose(read_pdparams(path)["backbone.conv2._first_block._expand_conv._conv."
+                                                                   "weight"], (2, 3, 1, 0)))
 
 
 # ---- official PyTorch layout ---------------------------------------------------------------------------
@@ -234,7 +257,8 @@ def test_official_layout_variants_and_errors():
     with pytest.raises(ConversionError, match=r"temporal shifts in blocks \[3, 6, 8"):
         convert_torch_state(partly)
     with pytest.raises(ConversionError, match="features.19.0.weight"):
-        convert_torch_state(dict(official_state(5), **{"module.base_model.features.19.0.weight": np.zeros((1, 1, 1, 1))}))
+        extra = {"module.base_model.features.19.0.weight": np.zeros((1, 1, 1, 1))}
+        convert_torch_state(dict(official_state(5), **extra))
     with pytest.raises(ConversionError, match="backbone='mobilenetv2'"):
         assign_converted(build_tsm(5, backbone="mobilenetv2_paddle"), convert_torch_state(official_state(5)))
 
