@@ -1,6 +1,7 @@
 """MobileNetV2-TSM: size against keras.applications and the paper, where the shifts sit, folding, reload.
 
-Logit parity with the official PyTorch code and PaddleVideo's pptsm_mv2.py is in tests/convert/test_mobilenetv2.py.
+Logit parity with the official PyTorch code and PaddleVideo's pptsm_mv2.py:
+tests/convert/test_mobilenetv2_checkpoints.py.
 """
 
 import os
