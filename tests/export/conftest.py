@@ -1,4 +1,4 @@
-"""A tiny trained-scale TSM shared by the export tests: ResNet-18, 4 segments, 64 px, 5 classes."""
+"""Tiny trained-scale TSMs shared by the export tests: ResNet-18 (and MobileNetV2), 4 segments, 64 px, 5 classes."""
 
 import numpy as np
 import pytest
@@ -28,3 +28,22 @@ def clips():
 @pytest.fixture(scope="session")
 def keras_logits(tiny_tsm, clips):
     return tiny_tsm(clips, training=False).numpy()
+
+
+@pytest.fixture(scope="session")
+def tiny_mobilenet_tsm():
+    """The official MobileNetV2-TSM layout with random BatchNorm statistics (depthwise BatchNorms fold on export)."""
+    import keras
+
+    from tsm_keras import build_tsm
+
+    keras.utils.set_random_seed(0)
+    model = build_tsm(len(LABELS), num_segments=NUM_SEGMENTS, backbone="mobilenetv2", image_size=IMAGE_SIZE,
+                      dropout=0.0, normalize_input=True)
+    rng = np.random.default_rng(2)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            shape = layer.gamma.shape
+            layer.set_weights([rng.uniform(0.5, 1.5, shape), rng.normal(0, 0.2, shape), rng.normal(0, 0.2, shape),
+                               rng.uniform(0.5, 2.0, shape)])
+    return scale_head(model)

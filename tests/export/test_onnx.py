@@ -100,3 +100,13 @@ def test_pptsm_onnx_and_tflite_match_keras(tiny_pptsm, tmp_path):
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4 * scale)
     tflite = TFLiteRunner(export_tflite(tiny_pptsm, str(tmp_path / "pptsm.tflite")))(clips)["logits"]
     np.testing.assert_allclose(tflite, expected, rtol=0, atol=1e-4 * scale)
+
+
+def test_mobilenetv2_onnx_matches_keras_with_standard_ops(tiny_mobilenet_tsm, clips, tmp_path):
+    from tsm_keras.export.onnx import STANDARD_OPS, check_standard_ops, export_onnx, onnxruntime_session
+
+    path = export_onnx(tiny_mobilenet_tsm, str(tmp_path / "mbv2.onnx"))
+    assert set(check_standard_ops(path)) <= STANDARD_OPS
+    logits = onnxruntime_session(path).run(["logits"], {"clips": clips})[0]
+    expected = tiny_mobilenet_tsm(clips, training=False).numpy()
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4 * np.abs(expected).max())

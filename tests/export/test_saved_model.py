@@ -296,3 +296,14 @@ def test_pptsm_resnet50_vd_exports_and_serves_without_tsm_keras(tiny_pptsm, tmp_
 
     np.testing.assert_allclose(out["clips_logits"], expected, atol=1e-5 * max(1.0, np.abs(expected).max()), rtol=0)
     np.testing.assert_allclose(out["default_probabilities"], expected_frames, atol=1e-6)
+
+
+def test_mobilenetv2_exports_with_its_depthwise_batchnorm_folded(tiny_mobilenet_tsm, clips, tmp_path):
+    import tensorflow as tf
+
+    from tsm_keras.export.saved_model import export_saved_model
+
+    path = export_saved_model(tiny_mobilenet_tsm, str(tmp_path / "mbv2"), label_names=LABELS, scale_size=SCALE_SIZE)
+    logits = tf.saved_model.load(path).signatures["serving_clips"](clips=tf.constant(clips))["logits"].numpy()
+    expected = tiny_mobilenet_tsm(clips, training=False).numpy()
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4 * np.abs(expected).max())

@@ -35,7 +35,8 @@ class ConvertedWeights:
     Attributes:
         source: the file it came from (for messages).
         format: "paddle", "pytorch", "keras-applications" or "keras".
-        layers: backbone layer name -> weights in Keras order: Conv2D `[kernel HWIO]`,
+        layers: backbone layer name -> weights in Keras order: Conv2D `[kernel HWIO]`, DepthwiseConv2D
+            `[kernel [h, w, channels, 1]]`,
             BatchNormalization `[gamma, beta, moving_mean, moving_variance]`.
         head: `[kernel [features, classes], bias [classes]]` of the classifier, or None
             (backbone-only checkpoints, e.g. ImageNet pretraining).
@@ -113,11 +114,12 @@ def fold_bias_into_batchnorm(bias, gamma, beta, mean, variance, source_epsilon, 
 
 
 def model_weight_layers(model):
-    """name -> layer for every Conv2D / BatchNormalization of the backbone, and the `fc` head (or None)."""
+    """name -> layer for every Conv2D / DepthwiseConv2D / BatchNormalization of the backbone, and the `fc` head
+    (or None)."""
     backbone = {}
     head = None
     for layer in model.layers:
-        if isinstance(layer, (keras.layers.Conv2D, keras.layers.BatchNormalization)):
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.BatchNormalization)):
             backbone[layer.name] = layer
         elif isinstance(layer, keras.layers.Dense) and layer.name == "fc":
             head = layer

@@ -9,8 +9,9 @@ FORMATS = {
     "keras": ".keras model from this project (architecture + weights)",
     "keras-weights": ".weights.h5 saved from this project's model (with the .architecture.json --mode=convert "
                      "writes beside it, or the same architecture arguments)",
-    "paddle": "PaddleVideo .pdparams: ResNet-TSM or PP-TSM (ResNet-vd), structured or parameter names",
-    "pytorch": "official TSM PyTorch .pth / .pth.tar (needs torch)",
+    "paddle": "PaddleVideo .pdparams: ResNet-TSM, PP-TSM (ResNet-vd) or ppTSM_mv2 (MobileNetV2), structured or "
+              "parameter names",
+    "pytorch": "official TSM PyTorch .pth / .pth.tar, ResNet or MobileNetV2 (needs torch)",
     "keras-applications": "keras.applications ResNet50/101 .h5",
 }
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"

@@ -16,7 +16,7 @@ A `.pdparams` file is a pickled dict of numpy arrays. Two key styles exist:
 
 Conv kernels are OIHW (-> HWIO); Paddle's Linear weight is already `[in, out]`; BN epsilon is 1e-5
 as here. PaddleVideo shifts channels [0, C/T) from t-1 and [C/T, 2C/T) from t+1: the model is
-built with `convention="paddle"`.
+built with `convention="paddle"`. PP-TSM MobileNetV2 files (`ppTSM_mv2`) are mapped by `mobilenetv2.py`.
 """
 
 import pickle
@@ -26,6 +26,7 @@ import numpy as np
 
 from tsm_keras.convert.converted import (ConversionError, ConvertedWeights, canonical_block, resnet_layers,
                                          stage_block_index)
+from tsm_keras.convert.mobilenetv2 import convert_paddle_mobilenetv2, is_paddle_mobilenetv2
 from tsm_keras.models.resnet import block_name
 from tsm_keras.models.resnet_vd import VD_BACKBONES
 
@@ -134,7 +135,9 @@ def _structured_part(part, field, where):
 
 def convert_paddle_state(state, source="<pdparams>"):
     """`{paddle key: array}` (either key style, ResNet-TSM or PP-TSM) -> ConvertedWeights; ConversionError lists
-    unknown keys."""
+    unknown keys. PaddleVideo's ppTSM_mv2 (`pptsm_mv2.py` keys) goes to `mobilenetv2.py`'s mapping."""
+    if is_paddle_mobilenetv2(state):
+        return convert_paddle_mobilenetv2(state, source)
     convs = {}     # (stage, block index, branch) -> OIHW kernel
     norms = {}     # (stage, block index, branch) -> [gamma, beta, mean, variance]
     head = {}

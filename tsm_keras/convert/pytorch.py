@@ -1,6 +1,6 @@
 """Official TSM PyTorch checkpoints (mit-han-lab/temporal-shift-module) -> this model.
 
-Keys (after the DataParallel `module.` prefix): `base_model.conv1.weight`, `base_model.bn1.*`,
+ResNet keys (after the DataParallel `module.` prefix): `base_model.conv1.weight`, `base_model.bn1.*`,
 `base_model.layer1.0.conv1.net.weight` (the shift wraps conv1 of a block as `.net`; with
 `shift_place=block` it wraps the whole block: `layer1.0.net.conv1.weight`),
 `base_model.layer1.0.downsample.{0,1}.*`, and the classifier `new_fc.{weight,bias}` (or
@@ -10,7 +10,8 @@ bare state dict or a dict with `state_dict` (`.pth.tar`).
 The official shift: channels [0, C/8) at time t take frame t+1, [C/8, 2C/8) take t-1
 (`convention="tsm"`); it shifts every other block of each stage when stage 4 has >= 23 blocks
 (ResNet-101) — inferred from which blocks carry `.net`. Reading `.pth` needs torch (the `torch`
-extra); the mapping itself works on numpy arrays.
+extra); the mapping itself works on numpy arrays. MobileNetV2-TSM checkpoints
+(`TSM_kinetics_RGB_mobilenetv2_shift8_blockres_avg_segment8_e100_dense.pth`) are mapped by `mobilenetv2.py`.
 """
 
 import re
@@ -18,6 +19,7 @@ import re
 import numpy as np
 
 from tsm_keras.convert.converted import ConversionError, ConvertedWeights, canonical_block, resnet_layers
+from tsm_keras.convert.mobilenetv2 import convert_torch_mobilenetv2, is_torch_mobilenetv2
 
 TORCH_BUILD = dict(convention="tsm", stride_in_1x1=False, input_convention="imagenet")
 _PREFIXES = ("module.", "base_model.")
@@ -66,7 +68,12 @@ def strip_prefixes(key):
 
 
 def convert_torch_state(state, source="<pth>"):
-    """`{official key: numpy array}` -> ConvertedWeights; ConversionError lists unknown keys."""
+    """`{official key: numpy array}` -> ConvertedWeights; ConversionError lists unknown keys.
+
+    A MobileNetV2 (`base_model.features.*`, `archs/mobilenet_v2.py`) goes to `mobilenetv2.py`'s mapping."""
+    stripped = {strip_prefixes(key): value for key, value in state.items()}
+    if is_torch_mobilenetv2(stripped):
+        return convert_torch_mobilenetv2(stripped, source)
     convs, norms, head, unknown = {}, {}, {}, []
     shifted_conv1, shifted_block, blocks = set(), set(), {}
     for original, value in state.items():

@@ -12,9 +12,9 @@ from tsm_keras.models.inference import ClipClassifier, inference_form, model_inp
 
 DEFAULT_OPSET = 17
 # Operators whose presence we accept: all in the default ai.onnx domain, all supported by
-# TensorRT's ONNX parser.
+# TensorRT's ONNX parser. Clip is MobileNetV2's ReLU6 (constant min 0 and max 6).
 STANDARD_OPS = frozenset({
-    "Add", "AveragePool", "BatchNormalization", "Cast", "Concat", "Constant", "Conv", "Div", "Flatten",
+    "Add", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Constant", "Conv", "Div", "Flatten",
     "Gather", "Gemm", "GlobalAveragePool", "Identity", "LeakyRelu", "MatMul", "Max", "MaxPool", "Mul", "Pad",
     "ReduceMean", "Relu", "Reshape", "Shape", "Slice", "Softmax", "Squeeze", "Sub", "Transpose", "Unsqueeze",
 })

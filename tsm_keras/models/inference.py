@@ -30,7 +30,7 @@ def with_raw_frame_input(model):
 
 
 def fold_batchnorm(model, dtype_policy=None):
-    """The inference form of a TSM: every Conv+BatchNorm pair merged into one Conv with bias.
+    """The inference form of a TSM: every Conv+BatchNorm pair (depthwise convs too) merged into one conv with bias.
 
     With BatchNorm in inference mode, `bn(conv(x)) = conv(x) * s + (beta - mean * s)` where
     `s = gamma / sqrt(moving_variance + epsilon)`: the kernel's output channels are scaled by `s`
@@ -40,8 +40,6 @@ def fold_batchnorm(model, dtype_policy=None):
     unless `dtype_policy` (a Keras policy name, e.g. "bfloat16") asks for a rebuild under that policy.
     """
     import numpy as np
-
-    from tsm_keras.models.resnet import batchnorm_name
 
     if not isinstance(model, TSM):
         raise TypeError(f"fold_batchnorm needs a TSM model (tsm_keras.build_tsm), got {type(model).__name__}.")
@@ -53,17 +51,32 @@ def fold_batchnorm(model, dtype_policy=None):
         folded = TSM.from_config(dict(model.get_config(), fold_batchnorm=True))
     finally:
         keras.mixed_precision.set_dtype_policy(previous)
+    batchnorm_after = _batchnorm_after_conv(model)
     for layer in folded.layers:
         weights = [np.asarray(w, np.float64) for w in model.get_layer(layer.name).get_weights()]
-        is_conv = isinstance(layer, layers.Conv2D) and not isinstance(layer, layers.DepthwiseConv2D)
-        if is_conv and layer.use_bias and len(weights) == 1:
-            bn = model.get_layer(batchnorm_name(layer.name))
+        if layer.name in batchnorm_after:
+            bn = batchnorm_after[layer.name]
             gamma, beta, mean, variance = (np.asarray(w, np.float64) for w in bn.get_weights())
             scale = gamma / np.sqrt(variance + bn.epsilon)
-            weights = [weights[0] * scale, beta - mean * scale]
+            # Conv2D kernels are [h, w, in, out], depthwise ones [h, w, channels, 1]: scale the output channels.
+            per_channel = scale if isinstance(layer, layers.Conv2D) else scale[:, None]
+            weights = [weights[0] * per_channel, beta - mean * scale]
         if weights:
             layer.set_weights([w.astype(np.float32) for w in weights])
     return folded
+
+
+def _batchnorm_after_conv(model):
+    """`{conv layer name: the BatchNormalization layer fed by it}` for the (depthwise) convs without bias,
+    read from the graph, so it holds for every backbone's naming."""
+    found = {}
+    for layer in model.layers:
+        if not isinstance(layer, layers.BatchNormalization):
+            continue
+        producer = layer.input._keras_history.operation
+        if isinstance(producer, (layers.Conv2D, layers.DepthwiseConv2D)) and not producer.use_bias:
+            found[producer.name] = layer
+    return found
 
 
 # inference_form has an argument of that name.

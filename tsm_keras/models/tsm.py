@@ -1,14 +1,16 @@
-"""The TSM video classifier: a per-frame 2D ResNet with temporal shifts, averaged over time."""
+"""The TSM video classifier: a per-frame 2D backbone (ResNet, ResNet-vd, MobileNetV2) with temporal shifts,
+averaged over time."""
 
 import keras
 from keras import layers
 
 from tsm_keras.layers import IMAGENET_MEAN, IMAGENET_STD, FoldTime, FrameNormalization, SegmentConsensus
+from tsm_keras.models.mobilenetv2 import MOBILENET_BACKBONES, mobilenetv2_tsm_features
 from tsm_keras.models.resnet import BACKBONES as RESNET_BACKBONES
 from tsm_keras.models.resnet import SHIFT_PLACES, SHIFTS, resnet_tsm_features
 from tsm_keras.models.resnet_vd import VD_BACKBONES, resnet_vd_tsm_features
 
-BACKBONES = {**RESNET_BACKBONES, **VD_BACKBONES}
+BACKBONES = {**RESNET_BACKBONES, **VD_BACKBONES, **MOBILENET_BACKBONES}
 # Std of the classifier's N(0, std) kernel: PaddleVideo's TSMHead 0.001; ppTSMHead (the vd backbones) 0.01.
 HEAD_INIT_STD = {"tsm": 0.001, "pptsm": 0.01}
 
@@ -36,6 +38,11 @@ class TSM(keras.Model):
     dropout on the per-frame features in both) the same logits to float rounding. Pass
     `convention="paddle"` for PP-TSM's own shift (converted .pdparams are built so).
 
+    `backbone="mobilenetv2"` is the official MobileNetV2-TSM (`archs/mobilenet_v2.py`, the torchvision /
+    keras.applications layout), `"mobilenetv2_paddle"` PaddleVideo's `pptsm_mv2.py` (an expansion conv in the
+    first block too); both shift on the expansion conv's input in the residual blocks (`mobilenetv2.py`),
+    so `shift_place` is "blockres" and `shift_every` 1 for them. The 1280 pooled features feed the same head.
+
     `fold_batchnorm=True` builds the inference form (each Conv+BatchNorm one Conv with bias); make
     one from a trained model with `fold_batchnorm(model)`.
 
@@ -48,7 +55,7 @@ class TSM(keras.Model):
                  normalize_input=False, stride_in_1x1=False, shift_every=1,
                  input_convention="imagenet", fold_batchnorm=False, **kwargs):
         _validate(num_classes, num_segments, backbone, shift, shift_place, convention, dropout,
-                  image_size, input_convention, stride_in_1x1)
+                  image_size, input_convention, stride_in_1x1, shift_every)
         height, width = _image_hw(image_size)
         frames = keras.Input((num_segments, height, width, 3), name="frames")
         x = FoldTime(name="fold_time")(frames)
@@ -58,6 +65,9 @@ class TSM(keras.Model):
                       convention=convention, shift_every=shift_every, fold_batchnorm=fold_batchnorm)
         if backbone in VD_BACKBONES:
             x = resnet_vd_tsm_features(x, depth=VD_BACKBONES[backbone], **shifts)
+        elif backbone in MOBILENET_BACKBONES:
+            x = mobilenetv2_tsm_features(x, backbone=backbone, num_segments=num_segments, shift=shift,
+                                         shift_div=shift_div, convention=convention, fold_batchnorm=fold_batchnorm)
         else:
             x = resnet_tsm_features(x, depth=BACKBONES[backbone], stride_in_1x1=stride_in_1x1, **shifts)
         head_std = HEAD_INIT_STD[head_kind(backbone)]
@@ -126,13 +136,17 @@ def _image_hw(image_size):
 
 
 def _validate(num_classes, num_segments, backbone, shift, shift_place, convention, dropout, image_size,
-              input_convention, stride_in_1x1):
+              input_convention, stride_in_1x1, shift_every):
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")
     if not isinstance(num_segments, int) or num_segments < 1:
         raise ValueError(f"num_segments must be a positive int, got {num_segments!r}.")
     if backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {backbone!r}.")
+    if backbone in MOBILENET_BACKBONES and (shift_place != "blockres" or shift_every != 1 or stride_in_1x1):
+        raise ValueError(f"{backbone} shifts the residual branch of every residual block, as the official code and "
+                         f"PaddleVideo do: leave shift_place='blockres', shift_every=1 and stride_in_1x1=False (got "
+                         f"{shift_place!r}, {shift_every!r}, {stride_in_1x1!r}).")
     if stride_in_1x1 and backbone in VD_BACKBONES:
         raise ValueError(f"stride_in_1x1=True is the keras.applications ResNet layout; {backbone} has its stride "
                          "in the 3x3 conv (as PaddleVideo's): leave stride_in_1x1=False.")
