@@ -36,8 +36,8 @@ def trained_looking(model, seed=0):
     return model
 
 
-def online_tsm(num_segments, convention="tsm", **kwargs):
-    return tsm_keras.build_tsm(CLASSES, num_segments=num_segments, backbone="resnet18", shift="unidirectional",
+def online_tsm(num_segments, convention="tsm", backbone="resnet18", **kwargs):
+    return tsm_keras.build_tsm(CLASSES, num_segments=num_segments, backbone=backbone, shift="unidirectional",
                                convention=convention, image_size=SIZE, dropout=0.0, normalize_input=True, **kwargs)
 
 
@@ -149,3 +149,22 @@ def test_tsn_streams_without_states():
     assert isinstance(stream, StreamingTSM) and stream.init_states(2) == {}
     clips = np.random.default_rng(2).normal(size=(2, 3, SIZE, SIZE, 3)).astype(np.float32)
     np.testing.assert_allclose(stream_clip(stream, clips), per_frame_scores(offline, clips), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backbone, convention, lengths", [("mobilenetv2", "tsm", (1, 4, 16)),
+                                                           ("mobilenetv2_paddle", "paddle", (8,))])
+def test_mobilenetv2_streams_like_its_offline_model(backbone, convention, lengths):
+    """The online demo's backbone: shifts on the expansion input of the residual blocks, streamed."""
+    clips = np.random.default_rng(2).uniform(0, 255, (1, max(lengths), SIZE, SIZE, 3)).astype(np.float32)
+    weights, stream = None, None
+    for length in lengths:
+        offline = online_tsm(length, convention, backbone=backbone)
+        if weights is None:
+            weights = trained_looking(offline).get_weights()
+        offline.set_weights(weights)
+        stream = stream if (stream is not None and convention == "tsm") else to_streaming(offline)
+        assert len(stream.init_states(1)) == 10  # the ten residual blocks' buffers
+        clip = clips[:, :length]
+        reference = per_frame_scores(offline, clip)
+        error = float(np.abs(stream_clip(stream, clip) - reference).max() / np.abs(reference).max())
+        assert error <= PARITY, f"{backbone} T={length}: relative error {error:.2e}"
