@@ -132,11 +132,13 @@ def _export_onnx(model, config):
     from tsm_keras.export.onnx import check_standard_ops, export_onnx, onnxruntime_session
 
     path = _new_file(config, f"{model.name}.onnx")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with disk.writing(path, "ONNX export", cleanup=[tmp]):
+    ops = []
+
+    def write_checked(tmp):
         export_onnx(model, tmp)
-        ops = check_standard_ops(tmp)
-        os.replace(tmp, path)
+        ops.extend(check_standard_ops(tmp))
+
+    _write_atomically(path, write_checked, "ONNX export")
     print(f"export: ONNX in {path}; input clips float32 [batch, T, S, S, 3] RGB 0-255 centre-cropped, outputs "
           f"logits, probabilities; ops: {', '.join(ops)}")
     try:
@@ -157,10 +159,7 @@ def _export_tflite(model, config):
     from tsm_keras.export.tflite import TFLiteRunner, export_tflite
 
     path = _new_file(config, f"{model.name}_{config.tflite_quant}.tflite")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with disk.writing(path, "TFLite export", cleanup=[tmp]):
-        export_tflite(model, tmp, config.tflite_quant)
-        os.replace(tmp, path)
+    _write_atomically(path, lambda tmp: export_tflite(model, tmp, config.tflite_quant), "TFLite export")
     clips = _parity_clip(model)
     logits = TFLiteRunner(path)(clips)["logits"]
     diff = float(np.abs(logits - _reference_logits(model, clips)).max())

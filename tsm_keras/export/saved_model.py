@@ -140,11 +140,18 @@ def export_saved_model(model, export_dir, label_names=None, scale_size=256, imag
     """
     archive, metadata = build_export_archive(model, label_names, scale_size, image_size, top_k, fold_batchnorm,
                                              precision)
-    version = _check_new_version(export_dir, version, streaming=False)
+    return write_archive(archive, metadata, export_dir, version, streaming=False, verbose=verbose)
+
+
+def write_archive(archive, metadata, export_dir, version=None, streaming=False, verbose=False):
+    """Write an ExportArchive and its `tsm_export.json` as the next (or the given, new) version of
+    `export_dir`, atomically; return the version folder. Shared by the clip and the streaming exports."""
+    version = _check_new_version(export_dir, version, streaming=streaming)
     # Hidden (TF Serving only loads integer names) and on the same file system, so the final
     # rename is atomic.
     tmp = os.path.join(export_dir, f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    with disk.writing(export_dir, "SavedModel export", cleanup=[tmp]):
+    what = "streaming SavedModel export" if streaming else "SavedModel export"
+    with disk.writing(export_dir, what, cleanup=[tmp]):
         archive.write_out(tmp, verbose=verbose)
         metadata_path = os.path.join(tmp, METADATA_FILE)
         os.makedirs(os.path.dirname(metadata_path), exist_ok=True)

@@ -30,10 +30,7 @@ bound, then what a ResNet-18 online TSM at 64 px measures; tests/export/test_str
                                        ReduceMean Relu Reshape Slice Softmax Squeeze Sub Transpose
 """
 
-import json
-import os
 import tempfile
-import uuid
 import warnings
 
 import numpy as np
@@ -41,11 +38,9 @@ import tensorflow as tf
 
 import keras
 
-from tsm_keras import disk
 from tsm_keras.data.augment import resize_and_center_crop
 from tsm_keras.errors import UsageError
-from tsm_keras.export.saved_model import (METADATA_FILE, _check_labels, _check_new_version, _jsonable,
-                                          _rename_to_version)
+from tsm_keras.export.saved_model import _check_labels, _jsonable, write_archive
 from tsm_keras.export.tflite import QUANTIZATIONS, _convert
 from tsm_keras.models.inference import at_image_size, inference_form, model_input_spec, with_raw_frame_input
 from tsm_keras.models.streaming import FRAME_INPUT, check_streamable, to_streaming
@@ -150,15 +145,7 @@ def export_streaming_saved_model(model, export_dir, label_names=None, scale_size
     Versions behave as `export_saved_model`'s: the next integer by default, never overwritten.
     """
     archive, metadata = build_streaming_archive(model, label_names, scale_size, image_size, top_k, fold_batchnorm)
-    version = _check_new_version(export_dir, version, streaming=True)
-    tmp = os.path.join(export_dir, f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    with disk.writing(export_dir, "streaming SavedModel export", cleanup=[tmp]):
-        archive.write_out(tmp, verbose=verbose)
-        metadata_path = os.path.join(tmp, METADATA_FILE)
-        os.makedirs(os.path.dirname(metadata_path), exist_ok=True)
-        with open(metadata_path, "w") as f:
-            json.dump(metadata, f, indent=2)
-        return _rename_to_version(tmp, export_dir, version)
+    return write_archive(archive, metadata, export_dir, version, streaming=True, verbose=verbose)
 
 
 def export_streaming_tflite(model, path, quantization="float32", image_size=None, fold_batchnorm=True):

@@ -127,6 +127,15 @@ def resnet_tsm_features(frames, depth=50, num_segments=8, shift="bidirectional",
     x = layers.ZeroPadding2D(1, name="pool1_pad")(x)
     x = layers.MaxPooling2D(3, strides=2, padding="valid", name="pool1")(x)
 
+    for name, planes, stride, _, shift_layer in stage_blocks(stages, num_segments, shift, shift_div, convention,
+                                                              shift_every):
+        x = residual_block(x, kind, planes, stride, name, shift_layer, shift_place, stride_in_1x1, fold_batchnorm)
+    return x
+
+
+def stage_blocks(stages, num_segments, shift, shift_div, convention, shift_every=1):
+    """The residual blocks of ResNet stages 2-5 (`stages`: blocks per stage), in order:
+    `(name, planes, stride, first, shift_layer)`; `first` is res2a, `shift_layer` a TemporalShift or None."""
     for stage_index, num_blocks in enumerate(stages):
         planes = 64 * 2 ** stage_index
         for index in range(num_blocks):
@@ -136,9 +145,7 @@ def resnet_tsm_features(frames, depth=50, num_segments=8, shift="bidirectional",
             if shift != "none" and index % shift_every == 0:
                 shift_layer = TemporalShift(num_segments, shift_div=shift_div, direction=shift,
                                             convention=convention, name=f"res{name}_shift")
-            x = residual_block(x, kind, planes, stride, name, shift_layer, shift_place, stride_in_1x1,
-                               fold_batchnorm)
-    return x
+            yield name, planes, stride, stage_index == index == 0, shift_layer
 
 
 def batchnorm_name(conv_name):

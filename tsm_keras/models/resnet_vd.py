@@ -15,8 +15,8 @@ block `bb_{stage-2}_{i}` is our `res{stage}{a,b,...}` (`a, b1..b22` in ResNet-10
 
 from keras import layers
 
-from tsm_keras.layers import NegativeInfinityPadding2D, TemporalShift, UnfusedLeakyReLU
-from tsm_keras.models.resnet import RESNET_SPECS, activation, block_name, conv_bn
+from tsm_keras.layers import NegativeInfinityPadding2D, UnfusedLeakyReLU
+from tsm_keras.models.resnet import RESNET_SPECS, activation, conv_bn, stage_blocks
 
 VD_BACKBONES = {"resnet50_vd": 50, "resnet101_vd": 101}
 LEAKY_SLOPE = 0.01  # paddle.nn.functional.leaky_relu's negative_slope
@@ -70,15 +70,7 @@ def resnet_vd_tsm_features(frames, depth=50, num_segments=8, shift="bidirectiona
     x = NegativeInfinityPadding2D(1, name="pool1_pad")(x)
     x = layers.MaxPooling2D(3, strides=2, padding="valid", name="pool1")(x)
 
-    for stage_index, num_blocks in enumerate(stages):
-        planes = 64 * 2 ** stage_index
-        for index in range(num_blocks):
-            name = block_name(stage_index + 2, index, num_blocks)
-            stride = 2 if index == 0 and stage_index > 0 else 1
-            shift_layer = None
-            if shift != "none" and index % shift_every == 0:
-                shift_layer = TemporalShift(num_segments, shift_div=shift_div, direction=shift,
-                                            convention=convention, name=f"res{name}_shift")
-            x = vd_block(x, planes, stride, name, shift_layer, shift_place, first=stage_index == index == 0,
-                         fold_batchnorm=fold_batchnorm)
+    for name, planes, stride, first, shift_layer in stage_blocks(stages, num_segments, shift, shift_div, convention,
+                                                                  shift_every):
+        x = vd_block(x, planes, stride, name, shift_layer, shift_place, first=first, fold_batchnorm=fold_batchnorm)
     return x
