@@ -314,17 +314,9 @@ def machine(runtime):
 
 def fma_peak(cores, path="/proc/cpuinfo"):
     """The float32 FMA peak of `cores` cores in GFLOP/s from the ISA and the nominal clock, with its inputs."""
-    fields = {}
-    try:
-        with open(path) as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if not line.strip():
-                    break  # the first processor only
-                fields.setdefault(key, value.strip())
-    except OSError:
-        pass
+    from tsm_keras import runtime
+
+    fields = runtime.read_cpuinfo(path)["fields"]
     flags = set(fields.get("flags", "").split())
     notes = []
     if "avx512f" in flags:

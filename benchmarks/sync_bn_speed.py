@@ -26,7 +26,6 @@ def run_child(args, sync_bn):
     sys.path.insert(0, REPO)
     import tsm_keras  # noqa: F401  (before TensorFlow runs: oneDNN)
 
-    import numpy as np
     import tensorflow as tf
 
     cpu = tf.config.list_physical_devices("CPU")[0]
@@ -34,20 +33,8 @@ def run_child(args, sync_bn):
     from tsm_keras.config import Config
     from tsm_keras.training.loop import train
 
-    class InMemoryData:
-        @staticmethod
-        def load_label_names(config):
-            return [str(i) for i in range(config.num_classes)]
-
-        @staticmethod
-        def build_dataset(config, split, *, batch_size=None, shuffle=None, repeat=False, num_shards=1,
-                          shard_index=0, seed=None):
-            rng = np.random.default_rng(0)
-            clips = rng.integers(0, 256, (batch_size, config.num_segments, config.image_size, config.image_size, 3),
-                                 dtype=np.uint8)
-            labels = rng.integers(0, config.num_classes, (batch_size,), dtype=np.int32)
-            dataset = tf.data.Dataset.from_tensors((clips, labels))
-            return dataset.repeat() if split == "train" else dataset  # one validation batch at the end
+    sys.path.insert(0, HERE)
+    from in_memory_data import InMemoryData
 
     with tempfile.TemporaryDirectory() as model_dir:
         config = Config(mode="train", model_dir=model_dir, backbone=args.backbone, num_classes=400, num_segments=8,

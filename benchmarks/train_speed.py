@@ -34,27 +34,11 @@ def run_keras(args, precision):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.path.insert(0, REPO)
     import tsm_keras  # noqa: F401  (before TensorFlow: turns oneDNN on)
-
-    import numpy as np
-    import tensorflow as tf
-
     from tsm_keras.config import Config
     from tsm_keras.training.loop import train
 
-    class InMemoryData:
-        @staticmethod
-        def load_label_names(config):
-            return [str(i) for i in range(config.num_classes)]
-
-        @staticmethod
-        def build_dataset(config, split, *, batch_size=None, shuffle=None, repeat=False, num_shards=1,
-                          shard_index=0, seed=None):
-            rng = np.random.default_rng(0)
-            clips = rng.integers(0, 256, (batch_size, config.num_segments, config.image_size, config.image_size, 3),
-                                 dtype=np.uint8)
-            labels = rng.integers(0, config.num_classes, (batch_size,), dtype=np.int32)
-            dataset = tf.data.Dataset.from_tensors((clips, labels))
-            return dataset.repeat() if split == "train" else dataset
+    sys.path.insert(0, HERE)
+    from in_memory_data import InMemoryData
 
     with tempfile.TemporaryDirectory() as model_dir:
         # Epoch 1 is the warmup; the loop's clips/s of epoch 2 excludes that epoch's first step, so

@@ -29,6 +29,11 @@ def test_cpuinfo_lines_parse_to_model_and_flags():
     assert intel["model"] == "INTEL(R) XEON(R) PLATINUM 8573C"
     assert {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"} <= intel["flags"]
     assert zen4["model"] == "AMD EPYC" and "avx512_bf16" in zen4["flags"] and "amx_bf16" not in zen4["flags"]
+    # The fields benchmarks/serving_speed.py's FMA peak reads, of the first processor only.
+    assert zen4["fields"]["vendor_id"] == "AuthenticAMD" and zen4["fields"]["cpu family"] == "25"
+    assert float(zen4["fields"]["cpu MHz"]) > 1000
+    two = runtime.parse_cpuinfo("processor : 0\ncpu MHz : 2000\n\nprocessor : 1\ncpu MHz : 3000\n")
+    assert two["fields"] == {"processor": "0", "cpu MHz": "2000"}
 
 
 @pytest.mark.parametrize("name, expected, reason", [

@@ -36,27 +36,33 @@ onednn_decision = None
 
 # ------------------------------------------------------------------------------------------ the CPU
 def read_cpuinfo(path="/proc/cpuinfo"):
-    """`{"model": str, "flags": frozenset}` of the first processor in `path` (empty where it is missing)."""
-    model, flags = platform.processor() or platform.machine(), frozenset()
+    """`{"model": str, "flags": frozenset, "fields": dict}` of the first processor in `path` (empty where it
+    is missing)."""
+    model = platform.processor() or platform.machine()
     try:
         with open(path) as f:
             text = f.read()
     except OSError:
-        return {"model": model, "flags": flags}
+        return {"model": model, "flags": frozenset(), "fields": {}}
     return parse_cpuinfo(text, default_model=model)
 
 
 def parse_cpuinfo(text, default_model=""):
-    """The model name and flag set of the first processor in `/proc/cpuinfo` text (or an `lscpu` dump)."""
-    model, flags = default_model, None
+    """The model name, flag set and all `key: value` fields of the first processor in `/proc/cpuinfo`
+    text (or an `lscpu` dump). Field keys keep their spelling (`cpu family`, `cpu MHz`, `vendor_id`)."""
+    model, flags, fields = default_model, None, {}
     for line in text.splitlines():
+        if not line.strip() and fields:
+            break  # the first processor only
         key, _, value = line.partition(":")
-        key = key.strip().lower()
-        if key == "model name" and model == default_model:
-            model = value.strip()
-        elif key in ("flags", "features") and flags is None:
+        key, value = key.strip(), value.strip()
+        if key:
+            fields.setdefault(key, value)
+        if key.lower() == "model name" and model == default_model:
+            model = value
+        elif key.lower() in ("flags", "features") and flags is None:
             flags = frozenset(value.split())
-    return {"model": model, "flags": flags or frozenset()}
+    return {"model": model, "flags": flags or frozenset(), "fields": fields}
 
 
 def machine_info():
