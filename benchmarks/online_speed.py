@@ -35,10 +35,11 @@ rerun on a quiet machine.
 Backends (ours unless named):
   keras_eager        `stream({"frame": frame, **states})` called directly: the module docstring's usage,
                      Keras' per-call overhead (input dict checks, eager op dispatch) included
-  keras_function     the same model in a `tf.function` with a fixed input signature (traced once)
+  keras_function     `stream.step_function(1)`: the same model in a `tf.function` with a fixed input
+                     signature (traced once)
   keras_folded_function  the same on the inference form the exports stream (`inference_form`: BatchNorm
                      folded into the convs), normalized frames in as keras_function
-  keras_xla          keras_function with `jit_compile=True` (XLA)
+  keras_xla          `stream.step_function(1, jit_compile=True)` (XLA)
   keras_offline_clip the offline uni-directional model on an 8-frame clip in a `tf.function`, divided by
                      8: what one frame costs when the clip is classified at once (not an online path)
   saved_model        `export_streaming_saved_model` (BatchNorm folded, scale_size = image_size so the
@@ -360,12 +361,7 @@ def make_backend(backend, cache, threads, num_classes, image_size):
         if backend == "keras_eager":
             call = stream
         else:
-            specs = [tf.TensorSpec((1,) + tuple(stream.frame_shape), tf.float32),
-                     {name: tf.TensorSpec((1,) + tuple(stream.state_shapes[name]), tf.float32) for name in names}]
-
-            @tf.function(input_signature=specs, jit_compile=backend == "keras_xla")
-            def step_fn(frame, states):
-                return stream({"frame": frame, **states}, training=False)
+            step_fn = stream.step_function(1, jit_compile=backend == "keras_xla")
 
             def call(inputs):
                 return step_fn(inputs["frame"], {name: inputs[name] for name in names})
