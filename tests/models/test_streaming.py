@@ -168,3 +168,19 @@ def test_mobilenetv2_streams_like_its_offline_model(backbone, convention, length
         reference = per_frame_scores(offline, clip)
         error = float(np.abs(stream_clip(stream, clip) - reference).max() / np.abs(reference).max())
         assert error <= PARITY, f"{backbone} T={length}: relative error {error:.2e}"
+
+
+def test_step_function_streams_like_the_offline_model_and_traces_once():
+    """The compiled step gives the offline model's per-frame scores, carrying states, with one trace."""
+    offline = online_tsm(4)
+    offline.set_weights(trained_looking(offline).get_weights())
+    stream = to_streaming(offline)
+    step = stream.step_function(2, image_size=SIZE)
+    clips = np.random.default_rng(3).uniform(0, 255, (2, 4, SIZE, SIZE, 3)).astype(np.float32)
+    states, scores = stream.init_states(2, SIZE), []
+    for t in range(clips.shape[1]):
+        logits, states = step(clips[:, t], states)
+        scores.append(np.asarray(logits))
+    reference = per_frame_scores(offline, clips)
+    np.testing.assert_allclose(np.stack(scores, axis=1), reference, rtol=1e-5, atol=1e-5 * np.abs(reference).max())
+    assert step.experimental_get_tracing_count() == 1

@@ -10,6 +10,9 @@ clip start the state is zeros, which is exactly the offline model's zero padding
     for frame in frames:                          # [batch, H, W, 3], what the offline model takes per frame
         logits, states = stream({"frame": frame, **states})
 
+`stream.step_function(batch, image_size)` is the same step in a `tf.function` traced once: call
+`step(frame, states)` in the loop instead, several times faster per frame at batch 1.
+
 `logits` are the per-frame scores (the classifier's output before the average over time): their mean
 over a clip of T frames is the offline model's clip logits for T segments. The streaming model reuses
 the offline model's layer objects, so the weights are shared, not copied: train the offline model,
@@ -167,7 +170,7 @@ class StreamingTSM(keras.Model):
         checked against it when it has one."""
         shapes = self.state_shapes
         if image_size is not None:
-            height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+            height, width = _height_width(image_size)
             if self.frame_shape[:2] not in ((None, None), (height, width)):
                 raise ValueError(f"image_size {(height, width)} but the model was built for frames of "
                                  f"{self.frame_shape[:2]}.")
@@ -177,6 +180,30 @@ class StreamingTSM(keras.Model):
             raise ValueError("the model has no fixed image size: pass init_states(batch_size, image_size).")
         return {name: ops.zeros((int(batch_size),) + tuple(shape), dtype=self.state_dtypes[name])
                 for name, shape in shapes.items()}
+
+    def step_function(self, batch_size=1, image_size=None, jit_compile=False):
+        """`step(frame, states) -> (logits, new_states)`: this model in a `tf.function` traced once for
+        `[batch_size, h, w, 3]` frames, the fast way to stream from Python.
+
+        Calling the model itself (`stream({"frame": frame, **states})`) runs it eagerly, layer by layer,
+        with Keras' input checks on every call: several times slower per frame at batch 1
+        (benchmarks/online_speed.py). `frame` and the states as for a call; `image_size` as for
+        `init_states`. `jit_compile=True` asks XLA, which is slower than the default on CPUs (its
+        depthwise convolutions do not use oneDNN); measure before using it.
+        """
+        import tensorflow as tf
+
+        states = self.init_states(batch_size, image_size)
+        frame_shape = (int(batch_size),) + tuple(self.frame_shape) if image_size is None else (
+            (int(batch_size),) + tuple(_height_width(image_size)) + tuple(self.frame_shape[2:]))
+        signature = [tf.TensorSpec(frame_shape, self.frame_dtype, name=FRAME_INPUT),
+                     {name: tf.TensorSpec(value.shape, value.dtype, name=name) for name, value in states.items()}]
+
+        @tf.function(input_signature=signature, jit_compile=jit_compile)
+        def step(frame, states):
+            return self({FRAME_INPUT: frame, **states}, training=False)
+
+        return step
 
     def _state_shapes_at(self, height, width):
         # A new buffer is a slice of the frame's path, so its shape follows from the frame's alone.
@@ -189,6 +216,10 @@ class StreamingTSM(keras.Model):
     def get_config(self):
         raise NotImplementedError("a StreamingTSM is not saved itself: save the offline model (model.save) and "
                                   "call tsm_keras.to_streaming on it after loading; the weights are the same.")
+
+
+def _height_width(image_size):
+    return (int(image_size), int(image_size)) if isinstance(image_size, int) else tuple(int(v) for v in image_size)
 
 
 def to_streaming(model):
