@@ -52,6 +52,18 @@ def _run(config, *extra, env=None, wait=True):
     return output
 
 
+def _run_together(*runs, env=None):
+    """`_run` of each `(config, *extra)` at once (independent processes: their TensorFlow imports and
+    tracing overlap); their outputs in order."""
+    processes = [_run(config, *extra, env=env, wait=False) for config, *extra in runs]
+    outputs = []
+    for process in processes:
+        output, _ = process.communicate(timeout=600)
+        assert process.returncode == 0, output[-3000:]
+        outputs.append(output)
+    return outputs
+
+
 def _weights(config, path=None):
     model = build_tsm(**config.model_kwargs(normalize_input=True))
     model.load_weights(path or os.path.join(config.model_dir, "model.weights.h5"))
@@ -94,8 +106,7 @@ def test_mirrored_over_two_logical_cpus_matches_one_device(tmp_path):
     small = dict(epochs=1, validate=False, lr=1e-4, lr_values=[1e-4])
     single = _config(tmp_path / "single", **small)
     mirrored = _config(tmp_path / "mirrored", strategy="mirrored", **small)
-    _run(single, "--logical_cpus=2", env=env)
-    output = _run(mirrored, "--logical_cpus=2", env=env)
+    _, output = _run_together((single, "--logical_cpus=2"), (mirrored, "--logical_cpus=2"), env=env)
     assert "top1=" in output
     initial = _initial_weights(single)
     names = [v.path for v in build_tsm(**single.model_kwargs(normalize_input=True)).weights]
@@ -347,7 +358,7 @@ def test_sync_bn_mirrored_gives_the_moving_statistics_of_one_device_on_the_whole
     single = _config(tmp_path / "single", **small)
     synced = _config(tmp_path / "synced", strategy="mirrored", sync_bn=True, **small)
     local = _config(tmp_path / "local", strategy="mirrored", **small)
-    outputs = [_run(config, "--logical_cpus=2") for config in (single, synced, local)]
+    outputs = _run_together(*[(config, "--logical_cpus=2") for config in (single, synced, local)])
     assert "sync_bn: 20 BatchNorm layers use statistics over all 2 replicas" in outputs[1]
     names = [v.path for v in build_tsm(**single.model_kwargs(normalize_input=True)).weights]
     initial = _initial_weights(single)
