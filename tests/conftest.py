@@ -1,10 +1,14 @@
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tsm_keras  # noqa: E402,F401  (first: oneDNN on before TensorFlow loads, as for every user; subprocesses inherit it)
 import keras  # noqa: E402
 import pytest  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import trained_looking  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -21,7 +25,7 @@ def tiny_tsm():
     non-trivial BatchNorm statistics. Built under float32; tests must not train or change it."""
     keras.mixed_precision.set_dtype_policy("float32")
     model = tsm_keras.build_tsm(3, num_segments=2, backbone="resnet18", image_size=32, normalize_input=True)
-    return _trained_looking(model)
+    return trained_looking(model)
 
 
 @pytest.fixture(scope="session")
@@ -32,25 +36,7 @@ def tiny_pptsm():
     keras.mixed_precision.set_dtype_policy("float32")
     model = tsm_keras.build_tsm(3, num_segments=2, backbone="resnet50_vd", convention="paddle", image_size=40,
                                 dropout=0.0, normalize_input=True)
-    return _trained_looking(model)
-
-
-def _trained_looking(model, seed=0):
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    weights = []
-    for variable in model.weights:
-        value = variable.numpy()
-        if "moving_variance" in variable.path:
-            value = rng.uniform(0.5, 2.0, value.shape)
-        elif "moving_mean" in variable.path or "beta" in variable.path:
-            value = rng.normal(0.0, 0.1, value.shape)
-        elif "fc" in variable.path and "kernel" in variable.path:
-            value = rng.normal(0.0, 0.1, value.shape)  # logits of a usable size, not ~0.001
-        weights.append(value.astype(np.float32))
-    model.set_weights(weights)
-    return model
+    return trained_looking(model)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,8 @@
   variables in the policy's variable dtype, and agrees with its float32 self (same weights) to that
   dtype's precision.
 - `check_model_saving(model, inputs, tmp_path)`: a `.keras` file reloads to identical outputs.
+
+And `trained_looking(model)`, which gives a freshly built model the weights that make such checks mean something.
 """
 
 import os
@@ -18,6 +20,27 @@ POLICIES = ("mixed_float16", "mixed_bfloat16", "bfloat16")
 # Agreement with float32, relative to the largest float32 output: a few units of the dtype's
 # rounding (fp16: 2^-11, bf16: 2^-8), compounded over the layers of a network.
 TOLERANCE = {"float16": 2e-2, "bfloat16": 8e-2}
+
+
+def trained_looking(model, seed=0):
+    """Random BatchNorm statistics and shifts and a classifier (`fc`) of trained scale, in place; returns `model`.
+
+    At their initial values (mean 0, variance 1, beta 0, fc ~ N(0, 0.001)) BatchNorm is nearly the identity
+    and the logits are ~0.001: a wrong statistic or a dropped bias would go unseen by a parity check.
+    """
+    rng = np.random.default_rng(seed)
+    weights = []
+    for variable in model.weights:
+        value = variable.numpy()
+        if "moving_variance" in variable.path:
+            value = rng.uniform(0.5, 2.0, value.shape)
+        elif "moving_mean" in variable.path or "beta" in variable.path:
+            value = rng.normal(0.0, 0.1, value.shape)
+        elif "fc" in variable.path:  # kernel and bias: logits of a usable size, not ~0.001
+            value = rng.normal(0.0, 0.1, value.shape)
+        weights.append(value.astype(np.float32))
+    model.set_weights(weights)
+    return model
 
 
 def _numpy(x):

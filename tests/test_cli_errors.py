@@ -1,6 +1,12 @@
-"""User errors through `python app.py` (real subprocesses): one `error: <message>` line and status 2, no
-traceback; `--debug` shows the traceback. A bug (not a UserError) keeps its traceback."""
+"""User errors through `python app.py`: one `error: <message>` line and status 2, no traceback; `--debug` shows
+the traceback. A bug (not a UserError) keeps its traceback.
 
+The `--debug` case is a real `python app.py` process; the others run in one helper process
+(tests/run_app_cases.py: app.py's main per case, flags parsed afresh, stdout/stderr and exit status captured
+per case), so TensorFlow's import is paid twice rather than once per case.
+"""
+
+import json
 import os
 import subprocess
 import sys
@@ -9,11 +15,12 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APP = os.path.join(REPO, "app.py")
+CASES_RUNNER = os.path.join(REPO, "tests", "run_app_cases.py")
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Every case started at once (each pays TensorFlow's import), then collected."""
+    """Every case run, the `--debug` one in its own process alongside the others' batch."""
     d = tmp_path_factory.mktemp("cli")
     (d / "bad.txt").write_text("clip_a 12 0\nclip_b twelve 1\n")
     (d / "labels3.txt").write_text("x\ny\nz\n")
@@ -30,12 +37,15 @@ def runs(tmp_path_factory):
         "debug": ["--mode=convert", f"--source={d}/weights.bin", f"--output={d}/x.keras", "--debug"],
     }
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    started = {name: subprocess.Popen([sys.executable, APP, *argv], cwd=d, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True) for name, argv in cases.items()}
-    results = {}
-    for name, process in started.items():
-        out, err = process.communicate(timeout=300)
-        results[name] = (process.returncode, out, err)
+    debug = subprocess.Popen([sys.executable, APP, *cases.pop("debug")], cwd=d, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    (d / "cases.json").write_text(json.dumps(cases))
+    batch = subprocess.run([sys.executable, CASES_RUNNER, str(d / "cases.json"), str(d / "results.json")], cwd=d,
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert batch.returncode == 0, (batch.stdout + batch.stderr)[-3000:]
+    results = {name: tuple(result) for name, result in json.loads((d / "results.json").read_text()).items()}
+    out, err = debug.communicate(timeout=300)
+    results["debug"] = (debug.returncode, out, err)
     return d, results
 
 

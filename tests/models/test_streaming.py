@@ -4,6 +4,9 @@ The reference is the offline model itself (its shifts are depthwise convolutions
 `StreamingShift` a slice and a concatenation per frame): two independent implementations of the shift.
 """
 
+import os
+import sys
+
 import numpy as np
 import pytest
 import keras
@@ -11,29 +14,15 @@ import keras
 import tsm_keras
 from tsm_keras.models.streaming import StreamingTSM, state_name, to_streaming
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from harness import trained_looking  # noqa: E402
+
 SIZE = 32
 CLASSES = 5
 LENGTHS = range(1, 17)
 # Measured max relative error over T = 1..16 (both conventions): 0 (the shift copies values, and one frame
 # goes through the same per-frame kernels either way); the bound leaves room for other CPUs' kernels.
 PARITY = 1e-5
-
-
-def trained_looking(model, seed=0):
-    """Random BatchNorm statistics and a classifier of trained scale, so that parity means something."""
-    rng = np.random.default_rng(seed)
-    weights = []
-    for variable in model.weights:
-        value = variable.numpy()
-        if "moving_variance" in variable.path:
-            value = rng.uniform(0.5, 2.0, value.shape)
-        elif "moving_mean" in variable.path or "beta" in variable.path:
-            value = rng.normal(0.0, 0.1, value.shape)
-        elif "fc" in variable.path:
-            value = rng.normal(0.0, 0.1, value.shape)
-        weights.append(value.astype(np.float32))
-    model.set_weights(weights)
-    return model
 
 
 def online_tsm(num_segments, convention="tsm", backbone="resnet18", **kwargs):

@@ -52,6 +52,18 @@ def _run(config, *extra, env=None, wait=True):
     return output
 
 
+def _run_together(*runs, env=None):
+    """`_run` of each `(config, *extra)` at once (independent processes: their TensorFlow imports and
+    tracing overlap); their outputs in order."""
+    processes = [_run(config, *extra, env=env, wait=False) for config, *extra in runs]
+    outputs = []
+    for process in processes:
+        output, _ = process.communicate(timeout=600)
+        assert process.returncode == 0, output[-3000:]
+        outputs.append(output)
+    return outputs
+
+
 def _weights(config, path=None):
     model = build_tsm(**config.model_kwargs(normalize_input=True))
     model.load_weights(path or os.path.join(config.model_dir, "model.weights.h5"))
@@ -94,8 +106,7 @@ def test_mirrored_over_two_logical_cpus_matches_one_device(tmp_path):
     small = dict(epochs=1, validate=False, lr=1e-4, lr_values=[1e-4])
     single = _config(tmp_path / "single", **small)
     mirrored = _config(tmp_path / "mirrored", strategy="mirrored", **small)
-    _run(single, "--logical_cpus=2", env=env)
-    output = _run(mirrored, "--logical_cpus=2", env=env)
+    _, output = _run_together((single, "--logical_cpus=2"), (mirrored, "--logical_cpus=2"), env=env)
     assert "top1=" in output
     initial = _initial_weights(single)
     names = [v.path for v in build_tsm(**single.model_kwargs(normalize_input=True)).weights]
@@ -144,6 +155,39 @@ def test_eval_mode_with_a_mirrored_strategy_matches_one_device(tmp_path):
     assert "13 videos" in output
 
 
+def _wait_for_checkpoint(process, checkpoints, step):
+    deadline = time.time() + 300
+    while not (checkpoints / f"ckpt-{step:09d}").exists():
+        assert process.poll() is None and time.time() < deadline, f"no checkpoint at step {step}"
+        time.sleep(0.02)
+
+
+# The kill -9, SIGTERM and SIGINT runs: two epochs, so a resume from a mid-epoch-1 checkpoint also crosses an
+# epoch end; deterministic ops, so a resumed run can match the uninterrupted one bit for bit.
+RESUME_RUN = dict(epochs=2, steps_per_epoch=12, checkpoint_every=4, deterministic=True, dropout=0.5, validate=False)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The final weights of RESUME_RUN without interruption: one run shared by the resume tests, started when
+    the first of them asks and running alongside it; call the fixture's value for the weights (waits)."""
+    config = _config(tmp_path_factory.mktemp("uninterrupted") / "run", **RESUME_RUN)
+    process = _run(config, wait=False)
+    weights = []
+
+    def final_weights():
+        if not weights:
+            output, _ = process.communicate(timeout=600)
+            assert process.returncode == 0, output[-3000:]
+            weights.append(_weights(config))
+        return weights[0]
+
+    yield final_weights
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
 def _initial_weights(config):
     import keras
 
@@ -186,17 +230,13 @@ def test_two_process_multi_worker_completes_and_workers_agree(tmp_path):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6 * max(float(np.abs(a).max()), 1e-3), err_msg=name)
 
 
-def test_kill_9_mid_epoch_then_rerun_ends_with_the_same_weights(tmp_path):
-    common = dict(epochs=2, checkpoint_every=1, deterministic=True, dropout=0.5, validate=False)
-    reference = _config(tmp_path / "reference", **common)
-    _run(reference)
-    interrupted = _config(tmp_path / "interrupted", **common)
+def test_kill_9_mid_epoch_then_rerun_ends_with_the_same_weights(tmp_path, uninterrupted):
+    # A checkpoint every step, so the kill may land in a save (its temporary folder must not stop the resume).
+    # How often checkpoints are written does not change the weights: the shared run (every 4) is the reference.
+    interrupted = _config(tmp_path / "interrupted", **dict(RESUME_RUN, checkpoint_every=1))
     process = _run(interrupted, wait=False)
     checkpoints = tmp_path / "interrupted" / "checkpoints"
-    deadline = time.time() + 300
-    while not (checkpoints / "ckpt-000000003").exists():
-        assert process.poll() is None and time.time() < deadline, "no checkpoint at step 3"
-        time.sleep(0.05)
+    _wait_for_checkpoint(process, checkpoints, 3)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     # Resume from step 3 (mid-epoch 1), as if the kill had come right after that checkpoint.
@@ -206,7 +246,7 @@ def test_kill_9_mid_epoch_then_rerun_ends_with_the_same_weights(tmp_path):
             shutil.rmtree(checkpoints / name)
     output = _run(interrupted)
     assert "resumed from" in output and "at step 3" in output
-    for a, b in zip(_weights(reference), _weights(interrupted)):
+    for a, b in zip(uninterrupted(), _weights(interrupted)):
         np.testing.assert_array_equal(a, b)
 
 
@@ -277,20 +317,10 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint_and_a_lower_lr_resumes_f
     assert all(np.isfinite(w).all() for w in _weights(good))
 
 
-def _wait_for_checkpoint(process, checkpoints, step):
-    deadline = time.time() + 300
-    while not (checkpoints / f"ckpt-{step:09d}").exists():
-        assert process.poll() is None and time.time() < deadline, f"no checkpoint at step {step}"
-        time.sleep(0.02)
-
-
-SIGNAL_RUN = dict(epochs=1, steps_per_epoch=40, checkpoint_every=4, deterministic=True, dropout=0.5, validate=False)
-
-
 def _interrupt(tmp_path, signum):
     """A training subprocess signalled (twice: the second during or just before the save) after its step-4
     checkpoint; returns (config, the step it stopped after)."""
-    config = _config(tmp_path / "interrupted", **SIGNAL_RUN)
+    config = _config(tmp_path / "interrupted", **RESUME_RUN)
     process = _run(config, wait=False)
     checkpoints = tmp_path / "interrupted" / "checkpoints"
     _wait_for_checkpoint(process, checkpoints, 4)
@@ -302,19 +332,18 @@ def _interrupt(tmp_path, signum):
     stopped = [line for line in output.splitlines() if line.startswith(f"stopped by {signal.Signals(signum).name}")]
     assert len(stopped) == 1, output[-3000:]
     step = int(stopped[0].split("after step ")[1].split()[0])
-    assert 4 <= step < 40 and f"ckpt-{step:09d}" in stopped[0], stopped[0]
+    total = RESUME_RUN["epochs"] * RESUME_RUN["steps_per_epoch"]
+    assert 4 <= step < total and f"ckpt-{step:09d}" in stopped[0], stopped[0]
     assert sorted(os.listdir(checkpoints))[-1] == f"ckpt-{step:09d}"
     assert os.path.exists(checkpoints / f"ckpt-{step:09d}" / "state.json")  # complete
     assert not os.path.exists(tmp_path / "interrupted" / ".lock")
     return config, step
 
 
-def test_sigterm_mid_epoch_checkpoints_exits_75_and_the_rerun_ends_with_the_same_weights(tmp_path):
-    reference = _config(tmp_path / "reference", **SIGNAL_RUN)
-    _run(reference)
+def test_sigterm_mid_epoch_checkpoints_exits_75_and_the_rerun_ends_with_the_same_weights(tmp_path, uninterrupted):
     interrupted, step = _interrupt(tmp_path, signal.SIGTERM)
     assert f"at step {step}" in _run(interrupted)
-    for a, b in zip(_weights(reference), _weights(interrupted)):
+    for a, b in zip(uninterrupted(), _weights(interrupted)):
         np.testing.assert_array_equal(a, b)
 
 
@@ -323,7 +352,8 @@ def test_sigint_also_checkpoints_and_exits_75(tmp_path):
 
 
 def test_multi_worker_sigterm_to_one_worker_stops_both_after_the_same_step(tmp_path):
-    config = _config(tmp_path / "run", strategy="multi_worker", **dict(SIGNAL_RUN, deterministic=False))
+    config = _config(tmp_path / "run", strategy="multi_worker", epochs=1, steps_per_epoch=40, checkpoint_every=4,
+                     dropout=0.5, validate=False)
     workers = [f"localhost:{_free_port()}", f"localhost:{_free_port()}"]
     processes = []
     for index in range(2):
@@ -347,7 +377,7 @@ def test_sync_bn_mirrored_gives_the_moving_statistics_of_one_device_on_the_whole
     single = _config(tmp_path / "single", **small)
     synced = _config(tmp_path / "synced", strategy="mirrored", sync_bn=True, **small)
     local = _config(tmp_path / "local", strategy="mirrored", **small)
-    outputs = [_run(config, "--logical_cpus=2") for config in (single, synced, local)]
+    outputs = _run_together(*[(config, "--logical_cpus=2") for config in (single, synced, local)])
     assert "sync_bn: 20 BatchNorm layers use statistics over all 2 replicas" in outputs[1]
     names = [v.path for v in build_tsm(**single.model_kwargs(normalize_input=True)).weights]
     initial = _initial_weights(single)
