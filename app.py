@@ -100,6 +100,13 @@ flags.DEFINE_boolean("streaming", False, "--mode=export: the online (streaming) 
                      "signatures init_states and call; TFLite and ONNX of one step, batch 1).")
 flags.DEFINE_integer("top_k", 5, "Labels reported per video (predict) and in the SavedModel's top_k outputs.")
 flags.DEFINE_string("input", "", "--mode=predict: a video file, a frame folder, a folder of videos, or a list file.")
+flags.DEFINE_boolean("online", False, "--mode=predict: stream each video frame by frame through a --shift="
+                     "unidirectional model (run folder, --weights, or a --streaming SavedModel export) and print "
+                     "the smoothed label and latency per frame.")
+flags.DEFINE_integer("online_every", 1, "--mode=predict --online: print a label every N frames (every frame "
+                     "still goes through the model: the states need it).")
+flags.DEFINE_integer("online_history", 12, "--mode=predict --online: the label is the argmax of the mean logits of "
+                     "the last K frames (the official online demo: 12; 1 = no smoothing).")
 flags.DEFINE_string("saved_model", "", "--mode=predict: a SavedModel export (or its versioned folder) instead of --weights.")
 
 # Optimization.

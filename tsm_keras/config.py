@@ -84,6 +84,11 @@ class Config:
     top_k: int = 5
     input: str = ""
     saved_model: str = ""
+    # predict --online: frame by frame through a uni-directional TSM, the top-1 of the mean logits of the
+    # last online_history frames (the official online demo's 12) printed every online_every frames.
+    online: bool = False
+    online_every: int = 1
+    online_history: int = 12
 
     # Optimization (PaddleVideo tsm_k400: piecewise lr by epoch for a global batch of 128).
     batch_size: int = 128

@@ -7,19 +7,33 @@
 Videos are sampled and cropped exactly as evaluation does (`tsm_keras.data.load_video_clips`:
 segment centres, `test_clips` x `test_crops` views, logits averaged over the views), then
 softmax. A video that cannot be read is reported and the others go on.
+
+Online (`--online`, `classifier.stream()`): a uni-directional TSM sees one frame at a time, carrying its
+shift states (`tsm_keras.models.streaming`, or a `--streaming` SavedModel export); each frame gets the
+top-k of its logits averaged with the previous frames' (`history`), as the official online demo smooths.
+
+    stream = tsm_keras.load("runs/tsm_online").stream(history=12)
+    for frame in frames:                                     # uint8 RGB [H, W, 3], any size
+        print(stream.update(frame)["predictions"][0])
 """
 
+import collections
 import json
 import os
+import statistics
 import sys
+import time
 
 import numpy as np
 
+from tsm_keras.config import Config
 from tsm_keras.errors import MissingInputError, UsageError
 from tsm_keras.progress import ProgressLine
 
 # Views per forward pass: bounds memory with 10 clips x 3 crops of ResNet-50.
 VIEW_CHUNK = 8
+# Frames whose logits are averaged online (the official online demo's 12: online_demo/main.py sums the last 12).
+DEFAULT_ONLINE_HISTORY = Config.online_history
 
 
 class VideoClassifier:
@@ -60,6 +74,7 @@ class VideoClassifier:
         "probabilities": float32 [classes]}`. Raises `BadSampleError` (a ValueError naming the file)
         when it cannot be read.
         """
+        self.require_clips()
         views = self._load_views(path)
         logits = np.concatenate([self.clip_logits(views[i:i + VIEW_CHUNK].astype(np.float32))
                                  for i in range(0, len(views), VIEW_CHUNK)])
@@ -74,6 +89,7 @@ class VideoClassifier:
         `frames`: uint8 `[num_frames, height, width, 3]` RGB (any number of frames, any size). They
         are sampled (segment centres, `num_clips`) and cropped like `predict_video`'s.
         """
+        self.require_clips()
         frames = _check_frames(frames, rank=4, what="predict_frames")
         from tsm_keras.data import augment, sampling
 
@@ -90,12 +106,27 @@ class VideoClassifier:
         `clips`: uint8 `[batch, T, height, width, 3]` RGB, T = `num_segments`, any height/width
         (short side resized to `scale_size`, centre crop `image_size`). Returns a list of results.
         """
+        self.require_clips()
         clips = _check_frames(clips, rank=5, what="predict_clips")
         if clips.shape[1] != self.num_segments:
             raise UsageError(f"predict_clips: clips have {clips.shape[1]} frames, the model takes "
                              f"{self.num_segments}; use predict_frames for a whole video's frames.")
         logits = self.frames_logits(clips)
         return [self._result(row, top_k) for row in logits]
+
+    def stream(self, history=DEFAULT_ONLINE_HISTORY, top_k=None):
+        """A `FrameStream`: `update(frame)` per uint8 RGB `[height, width, 3]` frame -> the top-k of the
+        last `history` frames' averaged logits; `reset()` starts a new video. Each call gives an
+        independent stream (its own states). Raises UsageError for a model that cannot run online."""
+        return FrameStream(self, self._streaming_step(), history=history, top_k=top_k)
+
+    def require_clips(self):
+        """Raise UsageError unless this classifier takes whole clips (a streaming export takes frames)."""
+
+    def _streaming_step(self):
+        """`(init_states() -> states, step(uint8 [1, H, W, 3], states) -> (float32 logits [classes], states))`."""
+        raise UsageError(f"{self.source}: this classifier takes clips only and cannot run online; load the run "
+                         "folder of a --shift=unidirectional model (--weights), or its --streaming export.")
 
     def _load_views(self, path):
         from tsm_keras.data import load_video_clips
@@ -133,11 +164,18 @@ class KerasVideoClassifier(VideoClassifier):
         self._frames = tf.function(lambda frames: classifier(resize_and_center_crop(frames, scale_size, image_size)),
                                    reduce_retracing=True)
 
+        self._stream_step = None
+
     def clip_logits(self, clips):
         return self._clips(clips).numpy()
 
     def frames_logits(self, frames):
         return self._frames(frames).numpy()
+
+    def _streaming_step(self):
+        if self._stream_step is None:
+            self._stream_step = _keras_streaming_step(self.model, self.scale_size, self.image_size, self.source)
+        return self._stream_step
 
 
 class SavedModelVideoClassifier(VideoClassifier):
@@ -165,16 +203,122 @@ class SavedModelVideoClassifier(VideoClassifier):
         probabilities = self._frames(frames=self._tf.constant(frames, self._tf.uint8))["probabilities"].numpy()
         return np.log(np.maximum(probabilities, 1e-30))  # softmax(log p) == p
 
+    def _streaming_step(self):
+        raise UsageError(f"{self.source} is a clip SavedModel (T frames per call) and cannot run online: export "
+                         "the --shift=unidirectional model with `python app.py --mode=export --streaming`, or "
+                         "pass its run folder with --weights.")
+
+
+class StreamingSavedModelVideoClassifier(VideoClassifier):
+    """`VideoClassifier` over a streaming SavedModel (`--mode=export --streaming`): `stream()` only."""
+
+    def __init__(self, saved_model_dir, **kwargs):
+        import tensorflow as tf
+
+        from tsm_keras.saved_models import INIT_STATES_SIGNATURE, STREAMING_CALL_SIGNATURE
+
+        self.loaded = tf.saved_model.load(saved_model_dir)
+        missing = [s for s in (INIT_STATES_SIGNATURE, STREAMING_CALL_SIGNATURE) if s not in self.loaded.signatures]
+        if missing:
+            raise UsageError(f"{saved_model_dir}: streaming SavedModel lacks signature(s) {missing}; export it with "
+                             f"`python app.py --mode=export --streaming`.")
+        init_states = self.loaded.signatures[INIT_STATES_SIGNATURE]
+        call = self.loaded.signatures[STREAMING_CALL_SIGNATURE]
+        state_names = sorted(name for name in call.structured_input_signature[1] if name != "frame")
+
+        def initial():
+            return init_states(batch_size=tf.constant(1, tf.int32))
+
+        def step(frame, states):
+            outputs = call(frame=tf.constant(frame, tf.uint8), **states)
+            return outputs["logits"].numpy()[0], {name: outputs[name] for name in state_names}
+
+        self._step = (initial, step)
+        super().__init__(**kwargs)
+
+    def require_clips(self):
+        from tsm_keras import saved_models
+
+        raise UsageError(f"{self.source} is a streaming export (signatures {saved_models.INIT_STATES_SIGNATURE}, "
+                         f"{saved_models.STREAMING_CALL_SIGNATURE}: one frame and the states per call); it classifies "
+                         "frame by frame: use --online (classifier.stream()), or export without --streaming.")
+
+    def _streaming_step(self):
+        return self._step
+
+
+def _keras_streaming_step(model, scale_size, image_size, source):
+    """The Keras streaming step (see `VideoClassifier._streaming_step`): one frame resized and cropped as
+    evaluation crops each frame (`resize_and_center_crop`, the serving geometry), normalized inside the
+    model, through `to_streaming` of the BatchNorm-folded network."""
+    import tensorflow as tf
+
+    from tsm_keras.data.augment import resize_and_center_crop
+    from tsm_keras.models.inference import at_image_size, inference_form, with_raw_frame_input
+    from tsm_keras.models.streaming import FRAME_INPUT, check_streamable, to_streaming
+
+    check_streamable(model)  # a bi-directional model: the error says to train with --shift=unidirectional
+    if model.get_config().get("shift") == "none":
+        raise UsageError(f"{source}: a TSN (--shift=none) has no temporal shift: online it would classify each "
+                         "frame alone and cannot tell an action from its reverse. Train an online TSM with "
+                         "--shift=unidirectional.")
+    stream = to_streaming(inference_form(with_raw_frame_input(at_image_size(model, image_size))))
+
+    @tf.function(reduce_retracing=True)
+    def step(frame, states):
+        cropped = resize_and_center_crop(frame[:, None], scale_size, image_size)[:, 0]
+        logits, new_states = stream({FRAME_INPUT: cropped, **states}, training=False)
+        return tf.cast(logits, tf.float32)[0], new_states
+
+    def run(frame, states):
+        logits, new_states = step(tf.constant(frame, tf.uint8), states)
+        return logits.numpy(), new_states
+
+    return (lambda: stream.init_states(1, image_size)), run
+
+
+class FrameStream:
+    """Online classification, one frame per `update` (from `VideoClassifier.stream()`).
+
+    `update(frame)`: uint8 RGB `[height, width, 3]`, any size -> `{"frame": n (1-based), "history": frames
+    averaged, "predictions": [{"label", "index", "probability"}, ...], "probabilities": float32 [classes]}`:
+    the softmax of the mean logits of the last `history` frames (the official online demo takes the
+    argmax of the sum of its last 12; over T frames from the start the mean is the offline model's clip
+    logits). `reset()`: zero states and an empty history, for the next video.
+    """
+
+    def __init__(self, classifier, step, history=DEFAULT_ONLINE_HISTORY, top_k=None):
+        if int(history) < 1:
+            raise UsageError(f"online history must be >= 1 frame, got {history}.")
+        self.classifier = classifier
+        self.history = int(history)
+        self.top_k = int(top_k or classifier.top_k)
+        self._init_states, self._step = step
+        self.reset()
+
+    def reset(self):
+        self._states = self._init_states()
+        self._logits = collections.deque(maxlen=self.history)
+        self.frames = 0
+
+    def update(self, frame, top_k=None):
+        frame = _check_frames(frame, rank=3, what="stream().update")
+        logits, self._states = self._step(frame[None], self._states)
+        self._logits.append(np.asarray(logits, np.float64))
+        self.frames += 1
+        result = self.classifier._result(np.mean(self._logits, axis=0), top_k or self.top_k)
+        return {"frame": self.frames, "history": len(self._logits), **result}
+
 
 def _check_frames(frames, rank, what):
     array = np.asarray(frames)
     if array.dtype != np.uint8:
         raise TypeError(f"{what}: frames must be uint8 RGB 0-255, got {array.dtype}; convert 0-255 floats "
                         f"with np.clip(x, 0, 255).astype(np.uint8) (and BGR from OpenCV with x[..., ::-1]).")
-    layout = "[num_frames, height, width, 3]" if rank == 4 else "[batch, T, height, width, 3]"
+    layout = {3: "[height, width, 3]", 4: "[num_frames, height, width, 3]", 5: "[batch, T, height, width, 3]"}[rank]
     if array.ndim != rank or array.shape[-1] != 3:
         raise UsageError(f"{what}: expected {layout}, got shape {tuple(array.shape)}.")
-    if array.shape[0] == 0 or 0 in array.shape[-3:-1]:
+    if 0 in array.shape:
         raise UsageError(f"{what}: empty frames, shape {tuple(array.shape)}.")
     return array
 
@@ -188,8 +332,6 @@ def load(path, config=None, num_clips=None, num_crops=None, top_k=None):
     `config` (a `tsm_keras.config.Config`) supplies test-time views, sizes and the label map for
     Keras sources; a run folder's saved config.json wins for the network itself.
     """
-    from tsm_keras.config import Config
-
     config = config or Config()
     num_clips = config.test_clips if num_clips is None else num_clips
     num_crops = config.test_crops if num_crops is None else num_crops
@@ -206,12 +348,11 @@ def load(path, config=None, num_clips=None, num_crops=None, top_k=None):
         if metadata is None:
             raise UsageError(f"{saved_model_dir}: no assets.extra/tsm_export.json; predict reads SavedModels written "
                              f"by `python app.py --mode=export` (for others call their signatures directly).")
-        if saved_models.is_streaming_export(metadata):
-            raise UsageError(f"{saved_model_dir} is a streaming export (signatures {saved_models.INIT_STATES_SIGNATURE}"
-                             f", {saved_models.STREAMING_CALL_SIGNATURE}: one frame and the states per call); predict "
-                             "classifies clips: export without --streaming, or call its signatures frame by frame.")
-        return SavedModelVideoClassifier(
-            saved_model_dir, num_segments=metadata["num_segments"], image_size=metadata["image_size"],
+        kind = StreamingSavedModelVideoClassifier if saved_models.is_streaming_export(metadata) else \
+            SavedModelVideoClassifier
+        num_segments = metadata.get("num_segments") or metadata["model_config"]["num_segments"]
+        return kind(
+            saved_model_dir, num_segments=num_segments, image_size=metadata["image_size"],
             scale_size=metadata["scale_size"], label_names=metadata["label_names"], num_clips=num_clips,
             num_crops=num_crops, top_k=top_k, frame_template=config.frame_template, source=saved_model_dir)
     from tsm_keras.loading import load_trained
@@ -229,16 +370,19 @@ def load(path, config=None, num_clips=None, num_crops=None, top_k=None):
 
 # --------------------------------------------------------------------------------------------- mode
 def predict_videos(config):
-    """`--mode=predict`: top-k labels per video to stdout, and `--output` JSON lines.
+    """`--mode=predict`: top-k labels per video to stdout, and `--output` JSON lines (`--online`: `predict_online`).
 
     Returns `{"videos": n, "failed": m}`: the videos that cannot be read are reported and skipped,
     the others still classified.
     """
     from tsm_keras.data import list_inputs
 
+    if config.online:
+        return predict_online(config)
     source = config.saved_model or config.weights or config.model_dir
     top_k = int(config.top_k)
     classifier = load(source, config=config, top_k=top_k)
+    classifier.require_clips()  # a streaming export: one error, not one per video
     paths = list_inputs(config.input, config.data_root, classifier.frame_template)
     output = config.output
     sink = None
@@ -275,6 +419,89 @@ def predict_videos(config):
           + (f", {failures} unreadable (see errors above)" if failures else "")
           + (f"; JSON lines in {output}" if output else ""), flush=True)
     return {"videos": len(paths), "failed": failures}
+
+
+def predict_online(config):
+    """`--mode=predict --online`: stream each video frame by frame through a uni-directional TSM, printing the
+    smoothed top-1 every `--online_every` frames (and at the last frame) with the frame's latency, then the
+    video's final label and the latency summary; `--output` gets one JSON line per printed frame.
+
+    Returns `{"videos": n, "failed": m}` like `predict_videos`: an unreadable video is reported and skipped.
+    """
+    from tsm_keras.data import list_inputs
+    from tsm_keras.data.decode import iter_rgb_frames
+
+    every = int(config.online_every)
+    if every < 1:
+        raise UsageError(f"--online_every must be >= 1 (print a label every N frames), got {every}.")
+    source = config.saved_model or config.weights or config.model_dir
+    top_k = int(config.top_k)
+    classifier = load(source, config=config, top_k=top_k)
+    stream = classifier.stream(history=config.online_history, top_k=top_k)
+    paths = list_inputs(config.input, config.data_root, classifier.frame_template)
+    sink = None
+    if config.output:
+        os.makedirs(os.path.dirname(os.path.abspath(config.output)), exist_ok=True)
+        sink = open(config.output, "w")
+    failures = 0
+    try:
+        for path in paths:
+            try:
+                _stream_video(stream, path, iter_rgb_frames(path, classifier.frame_template), every, sink)
+            except Exception as error:  # noqa: BLE001 - e.g. a corrupt frame mid-stream is an OpenCV error: go on
+                failures += 1
+                message = str(error) if path in str(error) else f"{path}: {error}"
+                print(f"error: {message}", file=sys.stderr, flush=True)
+                if sink is not None:
+                    sink.write(json.dumps({"video": path, "error": message}) + "\n")
+    finally:
+        if sink is not None:
+            sink.close()
+    done = len(paths) - failures
+    print(f"predict --online: {done}/{len(paths)} videos streamed with {classifier.source} (history "
+          f"{stream.history} frames)" + (f", {failures} unreadable (see errors above)" if failures else "")
+          + (f"; JSON lines in {config.output}" if config.output else ""), flush=True)
+    return {"videos": len(paths), "failed": failures}
+
+
+def _stream_video(stream, path, frames, every, sink):
+    stream.reset()
+    print(f"{path}  (online, label every {every} frame{'s' if every > 1 else ''}, mean logits of the last "
+          f"{stream.history})", flush=True)
+    latencies, result, shown = [], None, 0
+    for frame in frames:
+        start = time.perf_counter()
+        result = stream.update(frame)
+        latencies.append(1000.0 * (time.perf_counter() - start))
+        if result["frame"] % every == 0:
+            _show_frame(path, result, latencies[-1], sink)
+            shown = result["frame"]
+    if result is None:  # iter_rgb_frames raises first; a stand-in iterator may not
+        raise UsageError(f"{path}: no frames")
+    if shown != result["frame"]:
+        _show_frame(path, result, latencies[-1], sink)
+    best = result["predictions"][0]
+    print(f"{path}: {best['label']} {best['probability']:.4f} after {result['frame']} frames", flush=True)
+    print(format_latency(latencies), flush=True)
+
+
+def _show_frame(path, result, latency_ms, sink):
+    best = result["predictions"][0]
+    print(f"  frame {result['frame']:5d}  {best['probability']:.4f}  {best['label']}  {latency_ms:.1f} ms", flush=True)
+    if sink is not None:
+        sink.write(json.dumps({"video": path, "frame": result["frame"], "history": result["history"],
+                               "predictions": result["predictions"], "latency_ms": round(latency_ms, 3)}) + "\n")
+        sink.flush()
+
+
+def format_latency(latencies_ms):
+    """The per-frame latency summary: the first frame (tracing, first-call allocations) is left out."""
+    timed = latencies_ms[1:]
+    if not timed:
+        return f"latency: {latencies_ms[0]:.1f} ms for the only frame (a warm-up, not summarized)"
+    return (f"latency per frame: median {statistics.median(timed):.2f} ms, mean {statistics.fmean(timed):.2f} ms "
+            f"over {len(timed)} frames (frame 1, the warm-up, excluded: {latencies_ms[0]:.0f} ms; frame "
+            f"preprocessing + network + smoothing, decoding not included)")
 
 
 def format_result(result):

@@ -85,3 +85,17 @@ def test_recipe_flags_default_off():
     c = _parse("--mode=train")
     assert (c.label_smoothing, c.mixup_alpha, c.precise_bn_every, c.train_scale_size, c.multi_scale_crop_size) == (
         0.0, 0.0, 0, 0, 0)
+
+
+def test_online_mobilenetv2():
+    """The online recipe: the quickstart's data and schedule on a uni-directional MobileNetV2, in float32."""
+    c = _parse(f"--flagfile={REPO}/flags/tsm_online_mobilenetv2.flags")
+    assert (c.mode, c.data_format, c.num_classes, c.backbone, c.shift) == (
+        "train", "synthetic", 8, "mobilenetv2", "unidirectional")
+    assert (c.flip, c.validate, c.precision) == (False, True, "float32")
+    assert c.image_size > 32 and c.scale_size >= c.image_size
+    # Its run streams: the uni-directional model passes to_streaming's check.
+    import tsm_keras
+    from tsm_keras.models.streaming import check_streamable
+
+    check_streamable(tsm_keras.build_tsm(**c.model_kwargs(num_segments=2, image_size=c.image_size)))

@@ -186,6 +186,28 @@ def iter_frames(path, short_side=0):
         capture.release()
 
 
+def iter_rgb_frames(path, frame_template="img_{:05d}.jpg"):
+    """Every frame of a video file or frame folder in order, RGB uint8 `[H, W, 3]`, decoded one at a time
+    (for streaming). Raises BadSampleError naming the file when it cannot be opened or yields no frame."""
+    if os.path.isdir(path):
+        count = count_frame_files(path, frame_template)
+        if count <= 0:
+            raise BadSampleError(path, f"no frame files {frame_template.format(1)}, ... in the folder")
+        for index in range(count):
+            name = frame_path(path, frame_template, index)
+            image = cv2.imread(name, cv2.IMREAD_COLOR)
+            if image is None:
+                raise BadSampleError(name, "cannot decode the frame (not an image, or corrupt)")
+            yield cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        return
+    decoded = 0
+    for frame in iter_frames(path):
+        decoded += 1
+        yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+    if decoded == 0:
+        raise BadSampleError(path, "no frame decodes (empty or corrupt video)")
+
+
 def read_video_all(path, short_side=0):
     """Every frame of a video as RGB uint8 [N, H, W, 3] (optionally short side resized); for preparation."""
     frames = [cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) for frame in iter_frames(path, short_side)]
