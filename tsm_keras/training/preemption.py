@@ -5,7 +5,10 @@ for the length of a training run: a signal only sets a flag, which the loop read
 Under `multi_worker` the flag is all-reduced (summed) after every step, so every worker stops after the
 same step even when only one was signalled (the idea of TF's `PreemptionCheckpointHandler`, one
 scalar collective per step). A signal while the checkpoint is being written is reported and
-ignored: the save (a temporary folder renamed into place) completes.
+ignored: the save (a temporary folder renamed into place) completes. Once training has stopped on a
+signal, repeats of it stay ignored until the process exits (a preempted job's scheduler often signals
+twice; the second must not turn exit status 75 into death by SIGTERM); a caller that catches
+`TrainingPreempted` and carries on calls its `restore_signal_handlers()`.
 """
 
 import signal
@@ -21,6 +24,13 @@ class TrainingPreempted(Exception):
     """Training stopped on a signal after writing a checkpoint; `str()` says where and how to resume."""
 
     status = PREEMPTED_STATUS
+    _previous_handlers = {}
+
+    def restore_signal_handlers(self):
+        """Put back the SIGTERM/SIGINT handlers training replaced (repeats are ignored until then)."""
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers = {}
 
 
 class StopRequest:
@@ -38,9 +48,15 @@ class StopRequest:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
-    def __exit__(self, *exc):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+    def __exit__(self, exc_type, exc, traceback):
+        if isinstance(exc, TrainingPreempted) and self._previous:
+            # Stopped on a signal: keep ignoring repeats until the process exits with status 75.
+            exc._previous_handlers = dict(self._previous)
+            for signum in self._previous:
+                signal.signal(signum, _ignore_repeat)
+        else:
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler)
         self._previous.clear()
         return False
 
@@ -63,6 +79,10 @@ class StopRequest:
         if agreed and not local:
             self.signal_name = "a signal to another worker"
         return agreed
+
+
+def _ignore_repeat(signum, frame):
+    print(f"{signal.Signals(signum).name} received: already stopped, checkpoint written", file=sys.stderr, flush=True)
 
 
 def _agreement(strategy):
