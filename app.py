@@ -107,6 +107,8 @@ flags.DEFINE_integer("online_every", 1, "--mode=predict --online: print a label 
                      "still goes through the model: the states need it).")
 flags.DEFINE_integer("online_history", 12, "--mode=predict --online: the label is the argmax of the mean logits of "
                      "the last K frames (the official online demo: 12; 1 = no smoothing).")
+flags.DEFINE_integer("online_stride", 1, "--mode=predict --online: stream video frames 1, 1+S, 1+2S, ... (a model "
+                     "trained on T segments of V-frame videos saw frames about V/T apart: S = V/T).")
 flags.DEFINE_string("saved_model", "", "--mode=predict: a SavedModel export (or its versioned folder) instead of --weights.")
 
 # Optimization.

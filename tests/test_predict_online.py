@@ -115,6 +115,37 @@ def test_app_online_prints_per_frame_labels_and_ends_on_the_right_class(online_r
     assert "2/2 videos streamed" in result.stdout
 
 
+def test_online_stride_streams_every_sth_frame_like_the_offline_model_on_those_frames(online_run, tmp_path):
+    """--online_stride=2 on an 8-frame video streams frames 1, 3, 5, 7: the last smoothed scores are the
+    offline model's clip scores for those 4 frames as 4 segments (same weights, T=4)."""
+    from tsm_keras.models import build_tsm
+
+    name = "moving_right"
+    output = tmp_path / "stride.jsonl"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run([sys.executable, os.path.join(REPO, "app.py"), "--mode=predict", "--online",
+                             f"--weights={online_run['config'].model_dir}", f"--input={online_run['videos'][name]}",
+                             "--online_stride=2", "--top_k=8", f"--output={output}"],
+                            capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [r["frame"] for r in records] == [1, 3, 5, 7]  # the video's frame numbers
+    assert [r["streamed"] for r in records] == [1, 2, 3, 4] == [r["history"] for r in records]
+    assert "after 4 of 8 (stride 2) frames" in result.stdout
+    config = online_run["config"]
+    four = build_tsm(**{**config.model_kwargs(normalize_input=True), "num_segments": 4})
+    four.set_weights(online_run["model"].get_weights())
+    logits = offline_frame_logits(four, read_rgb(online_run["videos"][name])[::2])
+    expected = softmax(logits.mean(0))
+    got = np.zeros(8)
+    for p in records[-1]["predictions"]:
+        got[p["index"]] = p["probability"]
+    np.testing.assert_allclose(got, expected, atol=2e-4)
+    # Not the same as streaming all 8 frames: the stride changed what the shifts saw.
+    every_frame = offline_frame_logits(online_run["model"], read_rgb(online_run["videos"][name])).mean(0)
+    assert np.abs(np.log(softmax(every_frame)) - np.log(expected)).max() > 0.05
+
+
 @pytest.mark.parametrize("history", [1, 3])
 def test_stream_scores_are_the_mean_of_the_last_k_offline_frame_logits(online_run, history):
     import tsm_keras
@@ -203,3 +234,5 @@ def test_online_reports_bad_and_missing_videos_by_name_and_goes_on(online_run, t
     assert f"{good}: moving_down " in captured.out and "1/3 videos streamed" in captured.out
     with pytest.raises(ValueError, match="--online_every must be >= 1"):
         run_predict(config.replace(online_every=0))
+    with pytest.raises(ValueError, match="--online_stride must be >= 1"):
+        run_predict(config.replace(online_stride=0))

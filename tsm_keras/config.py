@@ -89,6 +89,7 @@ class Config:
     online: bool = False
     online_every: int = 1
     online_history: int = 12
+    online_stride: int = 1  # stream every S-th video frame (S = training's segment spacing)
 
     # Optimization (PaddleVideo tsm_k400: piecewise lr by epoch for a global batch of 128).
     batch_size: int = 128

@@ -423,8 +423,10 @@ def predict_videos(config):
 
 def predict_online(config):
     """`--mode=predict --online`: stream each video frame by frame through a uni-directional TSM, printing the
-    smoothed top-1 every `--online_every` frames (and at the last frame) with the frame's latency, then the
-    video's final label and the latency summary; `--output` gets one JSON line per printed frame.
+    smoothed top-1 every `--online_every` streamed frames (and at the last one) with the frame's latency, then
+    the video's final label and the latency summary; `--output` gets one JSON line per printed frame.
+    `--online_stride=S` streams video frames 1, 1+S, 1+2S, ...: a model trained on segments S frames apart
+    (TSN sampling of V-frame videos into T segments: S = V/T) sees the motion per step it learned.
 
     Returns `{"videos": n, "failed": m}` like `predict_videos`: an unreadable video is reported and skipped.
     """
@@ -434,6 +436,9 @@ def predict_online(config):
     every = int(config.online_every)
     if every < 1:
         raise UsageError(f"--online_every must be >= 1 (print a label every N frames), got {every}.")
+    stride = int(config.online_stride)
+    if stride < 1:
+        raise UsageError(f"--online_stride must be >= 1 (stream every S-th video frame), got {stride}.")
     source = config.saved_model or config.weights or config.model_dir
     top_k = int(config.top_k)
     classifier = load(source, config=config, top_k=top_k)
@@ -447,7 +452,8 @@ def predict_online(config):
     try:
         for path in paths:
             try:
-                _stream_video(stream, path, iter_rgb_frames(path, classifier.frame_template), every, sink)
+                _stream_video(stream, path, iter_rgb_frames(path, classifier.frame_template), every, sink,
+                              stride=stride)
             except Exception as error:  # noqa: BLE001 - e.g. a corrupt frame mid-stream is an OpenCV error: go on
                 failures += 1
                 message = str(error) if path in str(error) else f"{path}: {error}"
@@ -464,15 +470,19 @@ def predict_online(config):
     return {"videos": len(paths), "failed": failures}
 
 
-def _stream_video(stream, path, frames, every, sink):
+def _stream_video(stream, path, frames, every, sink, stride=1):
     stream.reset()
-    print(f"{path}  (online, label every {every} frame{'s' if every > 1 else ''}, mean logits of the last "
-          f"{stream.history})", flush=True)
-    latencies, result, shown = [], None, 0
-    for frame in frames:
+    sampled = f", video frames 1, {1 + stride}, {1 + 2 * stride}, ..." if stride > 1 else ""
+    print(f"{path}  (online{sampled}, label every {every} frame{'s' if every > 1 else ''}, mean logits of the "
+          f"last {stream.history})", flush=True)
+    latencies, result, shown, seen = [], None, 0, 0
+    for seen, frame in enumerate(frames, 1):
+        if (seen - 1) % stride:
+            continue
         start = time.perf_counter()
         result = stream.update(frame)
         latencies.append(1000.0 * (time.perf_counter() - start))
+        result["video_frame"] = seen
         if result["frame"] % every == 0:
             _show_frame(path, result, latencies[-1], sink)
             shown = result["frame"]
@@ -481,16 +491,21 @@ def _stream_video(stream, path, frames, every, sink):
     if shown != result["frame"]:
         _show_frame(path, result, latencies[-1], sink)
     best = result["predictions"][0]
-    print(f"{path}: {best['label']} {best['probability']:.4f} after {result['frame']} frames", flush=True)
+    of = f" of {seen} (stride {stride})" if stride > 1 else ""
+    print(f"{path}: {best['label']} {best['probability']:.4f} after {result['frame']}{of} frames", flush=True)
     print(format_latency(latencies), flush=True)
 
 
 def _show_frame(path, result, latency_ms, sink):
+    """One printed line / JSON line. `frame`: the video's frame number (1-based); `streamed`: frames through the
+    model so far (they differ with --online_stride); `history`: frames in the smoothing mean."""
     best = result["predictions"][0]
-    print(f"  frame {result['frame']:5d}  {best['probability']:.4f}  {best['label']}  {latency_ms:.1f} ms", flush=True)
+    frame = result.get("video_frame", result["frame"])
+    print(f"  frame {frame:5d}  {best['probability']:.4f}  {best['label']}  {latency_ms:.1f} ms", flush=True)
     if sink is not None:
-        sink.write(json.dumps({"video": path, "frame": result["frame"], "history": result["history"],
-                               "predictions": result["predictions"], "latency_ms": round(latency_ms, 3)}) + "\n")
+        sink.write(json.dumps({"video": path, "frame": frame, "streamed": result["frame"],
+                               "history": result["history"], "predictions": result["predictions"],
+                               "latency_ms": round(latency_ms, 3)}) + "\n")
         sink.flush()
 
 
