@@ -480,27 +480,25 @@ def _stream_video(stream, path, frames, every, sink, stride=1):
         if (seen - 1) % stride:
             continue
         start = time.perf_counter()
-        result = stream.update(frame)
+        result, streamed_at = stream.update(frame), seen
         latencies.append(1000.0 * (time.perf_counter() - start))
-        result["video_frame"] = seen
         if result["frame"] % every == 0:
-            _show_frame(path, result, latencies[-1], sink)
+            _show_frame(path, streamed_at, result, latencies[-1], sink)
             shown = result["frame"]
     if result is None:  # iter_rgb_frames raises first; a stand-in iterator may not
         raise UsageError(f"{path}: no frames")
     if shown != result["frame"]:
-        _show_frame(path, result, latencies[-1], sink)
+        _show_frame(path, streamed_at, result, latencies[-1], sink)
     best = result["predictions"][0]
     of = f" of {seen} (stride {stride})" if stride > 1 else ""
     print(f"{path}: {best['label']} {best['probability']:.4f} after {result['frame']}{of} frames", flush=True)
     print(format_latency(latencies), flush=True)
 
 
-def _show_frame(path, result, latency_ms, sink):
-    """One printed line / JSON line. `frame`: the video's frame number (1-based); `streamed`: frames through the
-    model so far (they differ with --online_stride); `history`: frames in the smoothing mean."""
+def _show_frame(path, frame, result, latency_ms, sink):
+    """One printed line / JSON line. `frame`: the video's frame number (1-based); `streamed` (`result["frame"]`):
+    frames through the model so far (they differ with --online_stride); `history`: frames in the smoothing mean."""
     best = result["predictions"][0]
-    frame = result.get("video_frame", result["frame"])
     print(f"  frame {frame:5d}  {best['probability']:.4f}  {best['label']}  {latency_ms:.1f} ms", flush=True)
     if sink is not None:
         sink.write(json.dumps({"video": path, "frame": frame, "streamed": result["frame"],
