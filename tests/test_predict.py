@@ -227,18 +227,31 @@ def test_list_inputs_reads_folders_and_lists(tmp_path):
         list_inputs(str(tmp_path / "empty"))
 
 
-def test_app_predict_with_saved_model(trained_run, exported, tmp_path):
+@pytest.mark.parametrize("source", ["saved_model", "weights"])
+def test_app_predict_assumes_frozen_weights_and_gives_the_in_process_scores(trained_run, exported, tmp_path, source):
+    """`app.py --mode=predict` runs with oneDNN's frozen-weight caching (app.py sets it: weights never change
+    there); its probabilities for every class are the ones this process (no caching) computes."""
+    import tsm_keras
+
     path, name = trained_run["videos"][3]
+    model = exported if source == "saved_model" else trained_run["config"].model_dir
     output = tmp_path / "preds.jsonl"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run([sys.executable, os.path.join(REPO, "app.py"), "--mode=predict",
-                             f"--saved_model={exported}", f"--input={path}", "--top_k=3", f"--output={output}"],
+    env = {k: v for k, v in os.environ.items() if k != "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    result = subprocess.run([sys.executable, os.path.join(REPO, "app.py"), "--mode=predict", f"--{source}={model}",
+                             f"--input={path}", "--top_k=8", f"--output={output}"],
                             capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     (record,) = [json.loads(line) for line in output.read_text().splitlines()]
-    assert record["video"] == path and len(record["predictions"]) == 3
+    assert record["video"] == path and len(record["predictions"]) == 8
     assert record["predictions"][0]["label"] == name
     assert f"1. {record['predictions'][0]['probability']:.4f}  {name}" in result.stdout
+    if "oneDNN on" in result.stdout:  # an x86 CPU (tsm_keras turns it on): the caching was on too
+        assert "frozen weights (TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1)" in result.stdout, result.stdout[-500:]
+    expected = tsm_keras.load(model, top_k=8).predict_video(path)
+    assert [p["label"] for p in record["predictions"]] == [p["label"] for p in expected["predictions"]]
+    np.testing.assert_allclose([p["probability"] for p in record["predictions"]],
+                               [p["probability"] for p in expected["predictions"]], atol=2e-5)
 
 
 def test_pptsm_run_folder_predicts_what_the_model_gives(tiny_pptsm, tmp_path):

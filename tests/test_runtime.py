@@ -90,12 +90,15 @@ def test_prefer_onednn_sets_the_variable_only_when_the_user_has_not():
 
 def _app_child(env_changes, *args):
     """`app.py --mode=summary` in a fresh process; prints TF_ENABLE_ONEDNN_OPTS and TensorFlow's own state."""
-    env = {k: v for k, v in os.environ.items() if k not in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL", "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS")}
     env.update(env_changes)
     probe = ("import atexit, os, runpy, sys\n"
              "def report():\n"
              "    from tsm_keras import runtime\n"
              "    print('ONEDNN', os.environ.get('TF_ENABLE_ONEDNN_OPTS'), runtime.onednn_enabled(), flush=True)\n"
+             "    print('FROZEN', os.environ.get('TF_ONEDNN_ASSUME_FROZEN_WEIGHTS'), flush=True)\n"
+             "    print('STATE', runtime.onednn_state(), flush=True)\n"
              "atexit.register(report)\n"
              f"sys.argv = [{os.path.join(REPO, 'app.py')!r}, '--mode=summary', '--backbone=resnet18',"
              " '--num_segments=2', '--image_size=32', '--num_classes=4', *sys.argv[1:]]\n"
@@ -113,6 +116,55 @@ def test_app_turns_onednn_on_and_hides_tensorflow_startup_lines():
         assert noise not in run.stderr, run.stderr
     if not os.path.exists("/proc/driver/nvidia"):
         assert "cuInit" not in run.stderr, run.stderr
+
+
+def test_app_assumes_frozen_weights_for_predict_only_and_keeps_the_users_choice():
+    run = _app_child({})  # --mode=summary
+    assert "FROZEN None" in run.stdout and "frozen" not in run.stdout.split("STATE", 1)[1]
+    run = _app_child({}, "--mode=predict")  # no run folder: an error, after TensorFlow loaded with the variable
+    assert run.returncode == 2 and "no such SavedModel, run folder" in run.stderr, run.stderr[-2000:]
+    assert "FROZEN 1" in run.stdout
+    if "ONEDNN 1 True" in run.stdout:
+        assert "STATE on (set by tsm_keras), frozen weights (TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1)" in run.stdout
+    run = _app_child({"TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "0"}, "--mode=predict")
+    assert "FROZEN 0" in run.stdout and "frozen" not in run.stdout.split("STATE", 1)[1]
+
+
+def test_requested_mode_is_what_absl_parses(tmp_path):
+    """app.py reads --mode from argv before TensorFlow (and absl's parsing) loads: flagfiles expanded in
+    place, nested, the last --mode winning. absl's own parse of the same argv is the reference."""
+    from absl import flags
+
+    sys.path.insert(0, REPO)
+    import app
+
+    inner = tmp_path / "inner.flags"
+    inner.write_text("# a comment\n--mode=predict\n")
+    outer = tmp_path / "outer.flags"
+    outer.write_text(f"--mode=train\n--flagfile={inner}\n--batch_size=4\n")
+    cases = [["--mode=predict"], ["--mode", "eval"], [f"--flagfile={outer}"], [f"--flagfile={outer}", "--mode=export"],
+             ["--mode=predict", f"--flagfile={outer}"], ["--mode=export", "--flagfile", str(inner)],
+             ["--batch_size=4"], ["-mode=predict"]]
+    for argv in cases:
+        reference = flags.FlagValues()
+        flags.DEFINE_enum("mode", None, sorted(app.MODES), "", flag_values=reference)
+        flags.DEFINE_integer("batch_size", 0, "", flag_values=reference)
+        reference(["app.py", *argv])
+        assert app.requested_mode(["app.py", *argv]) == reference.mode, argv
+    assert app.requested_mode(["app.py"]) == "train"  # the quickstart
+    assert app.requested_mode(["app.py", f"--flagfile={tmp_path / 'missing.flags'}"]) is None
+
+    environ = {}
+    assert app.assume_frozen_weights(["app.py", f"--flagfile={outer}"], environ) and environ == {
+        runtime.FROZEN_WEIGHTS_VARIABLE: "1"} and app.FROZEN_WEIGHTS_VARIABLE == runtime.FROZEN_WEIGHTS_VARIABLE
+    for argv in (["app.py"], ["app.py", "--mode=train"], ["app.py", "--mode=eval"], ["app.py", "--mode=export"]):
+        environ = {}
+        assert not app.assume_frozen_weights(argv, environ) and environ == {}, argv  # weights that may change
+    environ = {"TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "0"}
+    assert not app.assume_frozen_weights(["app.py", "--mode=predict"], environ) and environ[
+        "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"] == "0"
+    assert runtime.frozen_weights_assumed({"TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "True"})
+    assert not runtime.frozen_weights_assumed({"TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "0"})
 
 
 def test_app_keeps_the_users_onednn_and_log_level():

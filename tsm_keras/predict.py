@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 
+from tsm_keras import runtime
 from tsm_keras.config import Config
 from tsm_keras.errors import MissingInputError, UsageError
 from tsm_keras.progress import ProgressLine
@@ -417,7 +418,7 @@ def predict_videos(config):
     done = len(paths) - failures
     print(f"predict: {done}/{len(paths)} videos classified with {classifier.source}"
           + (f", {failures} unreadable (see errors above)" if failures else "")
-          + (f"; JSON lines in {output}" if output else ""), flush=True)
+          + (f"; JSON lines in {output}" if output else "") + f" (oneDNN {runtime.onednn_state()})", flush=True)
     return {"videos": len(paths), "failed": failures}
 
 
@@ -514,7 +515,7 @@ def format_latency(latencies_ms):
         return f"latency: {latencies_ms[0]:.1f} ms for the only frame (a warm-up, not summarized)"
     return (f"latency per frame: median {statistics.median(timed):.2f} ms, mean {statistics.fmean(timed):.2f} ms "
             f"over {len(timed)} frames (frame 1, the warm-up, excluded: {latencies_ms[0]:.0f} ms; frame "
-            f"preprocessing + network + smoothing, decoding not included)")
+            f"preprocessing + network + smoothing, decoding not included; oneDNN {runtime.onednn_state()})")
 
 
 def format_result(result):

@@ -24,6 +24,7 @@ from tsm_keras.errors import UsageError
 log = logging.getLogger("tsm_keras")
 
 ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
+FROZEN_WEIGHTS_VARIABLE = "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"  # see frozen_weights_assumed
 # The CPU flags that decide how fast this project runs (benchmarks report them).
 SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
 NATIVE_BFLOAT16_FLAGS = ("amx_bf16", "avx512_bf16")
@@ -133,7 +134,17 @@ def onednn_state():
         state = "on" if enabled else "off"
     how = {"set": "set by tsm_keras", "user": f"{ONEDNN_VARIABLE}={value}",
            "too-late": "TensorFlow imported before tsm_keras", "not-x86": "TensorFlow's default"}
-    return f"{state} ({how[onednn_decision]})" if onednn_decision in how else state
+    state = f"{state} ({how[onednn_decision]})" if onednn_decision in how else state
+    if state.startswith("on") and frozen_weights_assumed():
+        state += f", frozen weights ({FROZEN_WEIGHTS_VARIABLE}=1)"
+    return state
+
+
+def frozen_weights_assumed(environ=None):
+    """Whether `TF_ONEDNN_ASSUME_FROZEN_WEIGHTS` is on: oneDNN then reorders each conv filter once per kernel
+    and reuses it, right only where weights never change after the first call (app.py sets it for predict)."""
+    value = (os.environ if environ is None else environ).get(FROZEN_WEIGHTS_VARIABLE, "")
+    return value.strip().lower() in ("1", "true")  # what TensorFlow reads as true
 
 
 # ------------------------------------------------------------------------------------------ start-up lines
