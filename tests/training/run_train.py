@@ -15,6 +15,7 @@ def main():
     with open(sys.argv[1]) as f:
         values = json.load(f)
     logical = [a for a in sys.argv[2:] if a.startswith("--logical_cpus=")]
+    import tsm_keras  # noqa: F401  first: it turns oneDNN on, which it cannot once TensorFlow is loaded
     import tensorflow as tf
 
     if logical:
