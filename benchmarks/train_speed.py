@@ -4,7 +4,9 @@
 
 tsm-keras is measured through the training loop itself (`tsm_keras.training.loop.train`: strategy,
 PaddleMomentum with clip/L2/lr multipliers, the loop's own clips/s, which excludes the first step),
-once in float32 and once in mixed_bfloat16, on in-memory uint8 clips. The peers run the same model
+once in float32 and once in mixed_bfloat16, on in-memory uint8 clips; `--only` may add
+`keras_float32_native_conv_gradients` / `keras_float32_gemm_conv_gradients` (float32 with
+`TSM_KERAS_CONV_GRADIENTS` forced: the A/B of `tsm_keras.layers.Conv2D`'s GEMM gradients). The peers run the same model
 and recipe step (forward, cross-entropy, backward, global-norm clip 20, momentum 0.9, L2 1e-4):
 - PyTorch eager float32: `benchmarks/torch_tsm.py` (pure torch, NCHW);
 - PaddleVideo: its `ResNetTSM` backbone (ppvideo's resnet_tsm.py loaded by path with its three
@@ -30,8 +32,10 @@ REPO = os.path.dirname(HERE)
 
 
 # --------------------------------------------------------------------------------------- children
-def run_keras(args, precision):
+def run_keras(args, precision, conv_gradients=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if conv_gradients:
+        os.environ["TSM_KERAS_CONV_GRADIENTS"] = conv_gradients
     sys.path.insert(0, REPO)
     import tsm_keras  # noqa: F401  (before TensorFlow: turns oneDNN on)
     from tsm_keras.config import Config
@@ -51,7 +55,10 @@ def run_keras(args, precision):
         train(config, data=InMemoryData)
         with open(os.path.join(model_dir, "metrics.jsonl")) as f:
             record = json.loads(f.readlines()[-1])
-    return dict(clips_per_sec=record["clips_per_sec"], wall_seconds=time.perf_counter() - start)
+    from tsm_keras.runtime import conv_gradients as chosen
+
+    return dict(clips_per_sec=record["clips_per_sec"], wall_seconds=time.perf_counter() - start,
+                conv_gradients="%s (%s)" % chosen())
 
 
 def _timed_steps(step, args):
@@ -175,6 +182,8 @@ def main():
     args = parser.parse_args()
     if args.child:
         runners = dict(keras_float32=lambda: run_keras(args, "float32"),
+                       keras_float32_native_conv_gradients=lambda: run_keras(args, "float32", "native"),
+                       keras_float32_gemm_conv_gradients=lambda: run_keras(args, "float32", "gemm"),
                        keras_mixed_bfloat16=lambda: run_keras(args, "mixed_bfloat16"),
                        torch_float32=lambda: run_torch(args), paddlevideo_float32=lambda: run_paddle(args))
         print(json.dumps(runners[args.child]()))
@@ -196,7 +205,8 @@ def main():
                for name, results in runs.items() if any("clips_per_sec" in r for r in results)}
     ratios = {}
     for ours in ("keras_float32", "keras_mixed_bfloat16"):
-        for peer in ("torch_float32", "paddlevideo_float32"):
+        for peer in ("torch_float32", "paddlevideo_float32", "keras_float32_native_conv_gradients",
+                     "keras_float32_gemm_conv_gradients"):
             if ours in medians and peer in medians:
                 ratios[f"{ours}/{peer}"] = round(medians[ours] / medians[peer], 3)
     print(json.dumps(dict(

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from tsm_keras import runtime
+from tsm_keras.errors import UsageError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -63,6 +64,27 @@ def test_auto_precision_on_gpus(gpus, expected):
         assert "compute capability" in reason
     if expected == "mixed_float16":
         assert "loss scaling" in reason
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("amd_epyc_7763_zen3.txt", "gemm"),       # AVX2 + FMA only: where the GEMM gradients were measured faster
+    ("intel_xeon_8573c_amx.txt", "native"),
+    ("amd_epyc_zen4.txt", "native"),
+])
+def test_conv_gradients_on_real_cpus_and_gpus(name, expected):
+    flags = _cpu(name)["flags"]
+    assert runtime.choose_conv_gradients(flags)[0] == expected
+    assert runtime.choose_conv_gradients(flags, gpus=[("Tesla T4", (7, 5))]) == ("native", "a GPU is visible")
+
+
+def test_conv_gradients_variable_overrides_auto():
+    variable = runtime.CONV_GRADIENTS_VARIABLE
+    assert runtime.conv_gradients({variable: "native"}) == ("native", f"{variable}=native")
+    assert runtime.conv_gradients({variable: " GEMM "}) == ("gemm", f"{variable}=gemm")
+    assert runtime.conv_gradients({variable: "auto"}) == runtime.conv_gradients({})
+    assert runtime.conv_gradients({})[0] in ("gemm", "native")
+    with pytest.raises(UsageError, match=f"{variable} must be one of"):
+        runtime.conv_gradients({variable: "fast"})
 
 
 def test_explicit_precision_wins_and_evaluation_stays_float32():

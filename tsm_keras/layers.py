@@ -259,6 +259,66 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             is_training=False)[0]
 
 
+def _conv2d_with_gemm_gradients(inputs, kernel):
+    """`tf.nn.conv2d(inputs, kernel, 1, "SAME")` (odd kernel) whose gradients are a conv and a GEMM.
+
+    Input gradient: the stride-1 "same" conv of the output gradient with the kernel flipped in space and
+    its channel axes swapped (the transpose of a stride-1 conv is that conv). Filter gradient: the kh*kw
+    shifted windows of the zero-padded input side by side (im2col, `[N*H*W, kh*kw*C_in]`) times the
+    output gradient (`[N*H*W, C_out]`): one matrix product, where oneDNN's `Conv2DBackpropFilter` on an
+    AVX2 CPU is pathologically slow when H*W is small (README, "Conv gradients").
+    """
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def conv(x, w):
+        def grad(dy):
+            kh, kw, cin, cout = w.shape
+            dx = tf.nn.conv2d(dy, tf.transpose(tf.reverse(w, [0, 1]), [0, 1, 3, 2]), 1, "SAME")
+            height, width = tf.shape(x)[1], tf.shape(x)[2]
+            padded = tf.pad(x, [[0, 0], [kh // 2, kh // 2], [kw // 2, kw // 2], [0, 0]])
+            windows = [padded[:, i:i + height, j:j + width, :] for i in range(kh) for j in range(kw)]
+            patches = tf.reshape(windows[0] if len(windows) == 1 else tf.concat(windows, -1), [-1, kh * kw * cin])
+            dw = tf.matmul(patches, tf.reshape(dy, [-1, cout]), transpose_a=True)
+            return dx, tf.reshape(dw, [kh, kw, cin, cout])
+
+        return tf.nn.conv2d(x, w, 1, "SAME"), grad
+
+    # Tensors, not variables: the variable read stays outside, and its gradient flows through it.
+    return conv(tf.convert_to_tensor(inputs), tf.convert_to_tensor(kernel))
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Conv2D(keras.layers.Conv2D):
+    """`keras.layers.Conv2D` (same variables, config and outputs) that, while training, differentiates its
+    stride-1 "same" convs with odd kernels larger than 1x1 by a conv and a GEMM
+    (`_conv2d_with_gemm_gradients`) where `tsm_keras.runtime.conv_gradients()` says "gemm" (AVX2-only CPUs;
+    `TSM_KERAS_CONV_GRADIENTS=native|gemm` overrides). Inference (`training` false: evaluation, export,
+    serving) always runs Keras' own call, so exported graphs are unchanged.
+    """
+
+    def _gemm_gradients(self, inputs):
+        kernel = tuple(self.kernel_size)
+        return (keras.backend.backend() == "tensorflow" and self.rank == 2 and self.groups == 1
+                and tuple(self.strides) == (1, 1) and tuple(self.dilation_rate) == (1, 1)
+                and self.padding == "same" and self.data_format == "channels_last"
+                and kernel[0] % 2 == 1 and kernel[1] % 2 == 1 and kernel != (1, 1) and len(inputs.shape) == 4)
+
+    def call(self, inputs, training=None):
+        if not (training and self._gemm_gradients(inputs)):
+            return super().call(inputs)
+        from tsm_keras.runtime import conv_gradients
+
+        if conv_gradients()[0] != "gemm":
+            return super().call(inputs)
+        outputs = _conv2d_with_gemm_gradients(inputs, self.kernel.value)
+        if self.use_bias:
+            outputs = ops.add(outputs, ops.reshape(self.bias, (1, 1, 1, self.filters)))
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class NegativeInfinityPadding2D(keras.layers.Layer):
     """Pad height and width of `[batch, height, width, channels]` by `padding` on each side with -inf.

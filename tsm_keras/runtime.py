@@ -25,6 +25,9 @@ log = logging.getLogger("tsm_keras")
 
 ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
 FROZEN_WEIGHTS_VARIABLE = "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"  # see frozen_weights_assumed
+CONV_GRADIENTS_VARIABLE = "TSM_KERAS_CONV_GRADIENTS"  # see conv_gradients
+CONV_GRADIENTS = ("auto", "gemm", "native")
+CONV_GRADIENTS = ("auto", "gemm", "native")
 # The CPU flags that decide how fast this project runs (benchmarks report them).
 SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
 NATIVE_BFLOAT16_FLAGS = ("amx_bf16", "avx512_bf16")
@@ -227,6 +230,40 @@ class quiet_tensorflow_startup:
         return "failed call to cuInit" in line and not self.nvidia_driver
 
 
+# ------------------------------------------------------------------------------------------ conv gradients
+def choose_conv_gradients(cpu_flags, gpus=()):
+    """`(kind, reason)`: how `tsm_keras.layers.Conv2D` differentiates its stride-1 convs while training.
+
+    "gemm": the input gradient as a forward conv with the flipped kernel, the filter gradient as one matrix
+    product of the input's patches with the output gradient. "native": TensorFlow's `Conv2DBackpropInput`
+    and `Conv2DBackpropFilter`. Measured only on an AVX2-only CPU (AMD EPYC Zen 3), where oneDNN's two
+    backprop kernels are 1.1-1.7x slower than that (README, "Conv gradients"), so "gemm" is chosen there
+    and nowhere else: on AVX-512/AMX CPUs and GPUs the backprop kernels were not measured against it.
+    """
+    if gpus:
+        return "native", "a GPU is visible"
+    if "avx2" in cpu_flags and "avx512f" not in cpu_flags:
+        return "gemm", "AVX2 CPU without AVX-512"
+    return "native", "measured faster than TensorFlow's only on AVX2-only CPUs"
+
+
+_conv_gradients_auto = None
+
+
+def conv_gradients(environ=None):
+    """`(kind, reason)` for this process: `TSM_KERAS_CONV_GRADIENTS` (gemm, native, auto) if set, else auto
+    (`choose_conv_gradients` on this machine, decided once)."""
+    global _conv_gradients_auto
+    value = (os.environ if environ is None else environ).get(CONV_GRADIENTS_VARIABLE, "auto").strip().lower()
+    if value not in CONV_GRADIENTS:
+        raise UsageError(f"{CONV_GRADIENTS_VARIABLE} must be one of {CONV_GRADIENTS}, got {value!r}.")
+    if value != "auto":
+        return value, f"{CONV_GRADIENTS_VARIABLE}={value}"
+    if _conv_gradients_auto is None:
+        _conv_gradients_auto = choose_conv_gradients(read_cpuinfo()["flags"], detect_gpus())
+    return _conv_gradients_auto
+
+
 # ------------------------------------------------------------------------------------------ precision
 def choose_precision(cpu_flags, gpus=()):
     """`(precision, reason)` for training on this hardware: a pure function of what was detected.
@@ -337,14 +374,16 @@ def is_chief(strategy):
 
 
 # ------------------------------------------------------------------------------------------ the run's line
-def describe(strategy, precision, reason):
-    """One line for the start of a run: device(s), precision and why, oneDNN."""
+def describe(strategy, precision, reason, training=False):
+    """One line for the start of a run: device(s), precision and why, oneDNN (and, training, how convs are
+    differentiated: `conv_gradients`)."""
     cpu = read_cpuinfo()
     devices = sorted({d.rsplit("device:", 1)[-1] for d in _strategy_devices(strategy)})  # "CPU:0", "GPU:1"
     isa = [flag for flag in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if flag in cpu["flags"]]
     device = ", ".join(devices) or "CPU"
     return (f"device: {device} ({cpu['model']}, {os.cpu_count()} cores{', ' + ' '.join(isa) if isa else ''})"
-            f"  precision: {precision} ({reason})  oneDNN: {onednn_state()}")
+            f"  precision: {precision} ({reason})  oneDNN: {onednn_state()}"
+            + ("  conv gradients: %s (%s)" % conv_gradients() if training else ""))
 
 
 def _strategy_devices(strategy):

@@ -8,7 +8,7 @@ so that weight converters map checkpoints by name.
 import keras
 from keras import layers
 
-from tsm_keras.layers import FusedBatchNormalization, TemporalShift
+from tsm_keras.layers import Conv2D, FusedBatchNormalization, TemporalShift
 
 # depth -> (block kind, blocks per stage)
 RESNET_SPECS = {
@@ -60,7 +60,7 @@ def conv_bn(x, filters, kernel, stride, conv_name, bn_name, relu=True, use_bias=
         padding = "valid"
     else:
         padding = "same"
-    x = layers.Conv2D(filters, kernel, strides=stride, padding=padding, use_bias=use_bias or fold_batchnorm,
+    x = Conv2D(filters, kernel, strides=stride, padding=padding, use_bias=use_bias or fold_batchnorm,
                       kernel_initializer=_kernel_init(), name=conv_name)(x)
     if not fold_batchnorm:
         x = FusedBatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=bn_name)(x)

@@ -62,7 +62,7 @@ def train(config, *, data=None, stop_after_steps=None):
     runtime.set_precision(precision)
     chief = runtime.is_chief(strategy)
     if chief:
-        print(runtime.describe(strategy, precision, reason), flush=True)
+        print(runtime.describe(strategy, precision, reason, training=True), flush=True)
     replicas = strategy.num_replicas_in_sync
     global_batch = int(config.batch_size)
     if global_batch % replicas:
