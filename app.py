@@ -196,7 +196,9 @@ flags.DEFINE_enum("precision", "auto", ["auto", "float32", "mixed_float16", "mix
                   "(CPU amx_bf16/avx512_bf16, NVIDIA compute capability >= 8.0), mixed_float16 on NVIDIA 7.x, "
                   "else float32; evaluation, predict and export in float32.")
 flags.DEFINE_boolean("amp", False, "PaddleVideo's alias for --precision=mixed_float16.")
-flags.DEFINE_boolean("validate", False, "Evaluate after each epoch.")
+flags.DEFINE_boolean("validate", False, "Evaluate on the val list after each epoch (see --validate_every).")
+flags.DEFINE_integer("validate_every", 1, "With --validate: evaluate after epochs N, 2N, 3N, ... and the last "
+                     "(PaddleVideo val_interval); the last one is the run's final result.")
 flags.DEFINE_integer("steps_per_epoch", 0, "Training steps per epoch (0 = one pass over the list).")
 flags.DEFINE_integer("checkpoint_every", 500, "Checkpoint every N steps (and at each epoch end; 0 = epoch ends only).")
 flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept (plus the best by validation top-1).")

@@ -121,6 +121,7 @@ class Config:
     strategy: str = "auto"  # auto | one_device | mirrored | multi_worker
     precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
     validate: bool = False
+    validate_every: int = 1  # with validate: after epochs N, 2N, ... and the last
     steps_per_epoch: int = 0  # 0 = one pass over the training list
     checkpoint_every: int = 500  # steps; 0 = only at epoch ends
     keep_checkpoints: int = 3

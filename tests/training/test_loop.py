@@ -19,6 +19,7 @@ import pytest
 
 import fake_data
 from tsm_keras.config import Config
+from tsm_keras.errors import UsageError
 from tsm_keras.evaluation import evaluate
 from tsm_keras.models import build_tsm
 from tsm_keras.modes import run_eval, run_train
@@ -91,6 +92,28 @@ def test_train_then_eval_reproduces_top1_and_writes_artefacts(tmp_path, capsys):
     eval_metrics = json.loads((run / "eval_metrics.json").read_text())
     assert eval_metrics["top1"] == metrics["top1"] and eval_metrics["top5"] == metrics["top5"]
     assert capsys.readouterr().out.splitlines()[-1] == f"top1={metrics['top1']:.4f} top5={metrics['top5']:.4f}"
+
+
+def test_validate_every_runs_epochs_n_2n_and_the_last_which_is_the_final_result(tmp_path, monkeypatch):
+    from tsm_keras.training import loop
+
+    calls = []
+    real_run = loop.Evaluator.run
+
+    def counted_run(self, *args, **kwargs):  # the real evaluation, counted
+        calls.append(1)
+        return real_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(loop.Evaluator, "run", counted_run)
+    config = _config(tmp_path / "run", epochs=3, steps_per_epoch=2, validate_every=2)
+    final = train(config, data=fake_data)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [("val_top1" in r) for r in lines] == [False, True, True]
+    assert len(calls) == 2  # epochs 2 and 3; the last one is reused as the final evaluation
+    assert final["top1"] == lines[-1]["val_top1"] and "confusion" in final
+    with pytest.raises(UsageError, match="--validate_every must be >= 1"):
+        train(_config(tmp_path / "bad", validate_every=0), data=fake_data)
+    assert not (tmp_path / "bad" / "metrics.jsonl").exists()
 
 
 def test_non_finite_loss_stops_with_a_clear_message(tmp_path):

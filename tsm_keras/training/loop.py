@@ -68,6 +68,7 @@ def train(config, *, data=None, stop_after_steps=None):
     if global_batch % replicas:
         raise UsageError(f"--batch_size={global_batch} (global) must be divisible by the {replicas} replicas.")
     check_precise_bn(config.precise_bn_every, config.precise_bn_steps, replicas)
+    validation_due(0, config)  # a bad --validate_every fails here, before any training
 
     # The shift convention goes with the weights: fine-tuning PaddleVideo weights keeps Paddle's shift.
     # Likewise the stride placement and input normalization keras.applications weights need.
@@ -121,6 +122,7 @@ def train(config, *, data=None, stop_after_steps=None):
     steps_this_call = 0
     last_val = state.get("last_val")
     record = {}
+    final = None  # the last epoch's validation, if it runs
     # SIGTERM/SIGINT set a flag the loop reads after each step (training.preemption).
     with StopRequest(strategy) as stop:
         for epoch in range(step // steps_per_epoch, config.epochs):
@@ -191,8 +193,9 @@ def train(config, *, data=None, stop_after_steps=None):
                     print(f"precise BN: {layers} BatchNorm layers' statistics from {batches} training batches",
                           flush=True)
             is_best = False
-            if config.validate:
+            if validation_due(epoch, config):
                 val = evaluator.run()
+                final = val if epoch + 1 == config.epochs else None
                 last_val = dict(top1=val["top1"], top5=val["top5"], mean_class_accuracy=val["mean_class_accuracy"])
                 record.update({f"val_{k}": v for k, v in last_val.items()})
                 is_best = val["top1"] > best_top1
@@ -219,7 +222,8 @@ def train(config, *, data=None, stop_after_steps=None):
         save_weights_atomic(model, os.path.join(model_dir, "workers", f"worker-{strategy.cluster_resolver.task_id}"
                                                 ".weights.h5"))
     try:
-        final = evaluator.run()
+        # The last epoch's validation, when it ran, is the final evaluation: same weights, same data.
+        final = final if final is not None else evaluator.run()
     except (FileNotFoundError, ValueError) as error:
         print(f"no validation data ({error}); reporting the last epoch's training accuracy", flush=True)
         final = dict(top1=record["train_top1"], top5=record["train_top5"]) if record else {}
@@ -227,6 +231,14 @@ def train(config, *, data=None, stop_after_steps=None):
         final["weights"] = os.path.abspath(os.path.join(model_dir, runs.WEIGHTS_FILE))
         write_reports(model_dir, final, label_names)
     return final
+
+
+def validation_due(epoch, config):
+    """After 0-based `epoch`: with `--validate`, every `validate_every`-th epoch and the last."""
+    every = int(config.validate_every)
+    if every < 1:
+        raise UsageError(f"--validate_every must be >= 1, got {every}.")
+    return bool(config.validate) and ((epoch + 1) % every == 0 or epoch + 1 == int(config.epochs))
 
 
 def _save_and_stop(stop, manager, step, epoch, steps_per_epoch, save, state):
