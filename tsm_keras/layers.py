@@ -288,10 +288,16 @@ def _conv2d_with_gemm_gradients(inputs, kernel):
     return conv(tf.convert_to_tensor(inputs), tf.convert_to_tensor(kernel))
 
 
+# Up to 7x7 output positions: where the GEMM gradients were measured faster (README, "Conv gradients"); at
+# ResNet-50's 224-px sizes (56x56 to 7x7) the whole training step was the same either way.
+GEMM_GRADIENTS_MAX_POSITIONS = 49
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class Conv2D(keras.layers.Conv2D):
     """`keras.layers.Conv2D` (same variables, config and outputs) that, while training, differentiates its
-    stride-1 "same" convs with odd kernels larger than 1x1 by a conv and a GEMM
+    stride-1 "same" convs with odd kernels larger than 1x1, on inputs of at most 7x7 positions
+    (`GEMM_GRADIENTS_MAX_POSITIONS`), by a conv and a GEMM
     (`_conv2d_with_gemm_gradients`) where `tsm_keras.runtime.conv_gradients()` says "gemm" (AVX2-only CPUs;
     `TSM_KERAS_CONV_GRADIENTS=native|gemm` overrides). Inference (`training` false: evaluation, export,
     serving) always runs Keras' own call, so exported graphs are unchanged.
@@ -302,7 +308,9 @@ class Conv2D(keras.layers.Conv2D):
         return (keras.backend.backend() == "tensorflow" and self.rank == 2 and self.groups == 1
                 and tuple(self.strides) == (1, 1) and tuple(self.dilation_rate) == (1, 1)
                 and self.padding == "same" and self.data_format == "channels_last"
-                and kernel[0] % 2 == 1 and kernel[1] % 2 == 1 and kernel != (1, 1) and len(inputs.shape) == 4)
+                and kernel[0] % 2 == 1 and kernel[1] % 2 == 1 and kernel != (1, 1) and len(inputs.shape) == 4
+                and inputs.shape[1] is not None and inputs.shape[2] is not None
+                and inputs.shape[1] * inputs.shape[2] <= GEMM_GRADIENTS_MAX_POSITIONS)
 
     def call(self, inputs, training=None):
         if not (training and self._gemm_gradients(inputs)):

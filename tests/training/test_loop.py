@@ -134,6 +134,7 @@ def test_mirrored_over_two_logical_cpus_matches_one_device(tmp_path):
     assert "top1=" in output
     if platform.machine().lower() in ("x86_64", "amd64"):  # the runner imports tsm_keras before TensorFlow
         assert "oneDNN: on (" in output, output[:2000]
+    assert "  conv gradients: gemm (" in output or "  conv gradients: native (" in output, output[:2000]
     initial = _initial_weights(single)
     names = [v.path for v in build_tsm(**single.model_kwargs(normalize_input=True)).weights]
     moved = 0
