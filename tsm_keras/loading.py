@@ -99,7 +99,8 @@ def resolve_layout(config, source=None):
     elif layout.get("convention") in ("tsm", "paddle"):
         convention, why = layout["convention"], f"the convention of {source}"
     else:
-        convention, why = "tsm", "the official code's; no --pretrained weights to take one from"
+        convention, why = "tsm", (f"the official code's; {source} carries none" if source
+                                  else "the official code's; no --pretrained weights to take one from")
     changes = dict(convention=convention, stride_in_1x1=bool(layout.get("stride_in_1x1", config.stride_in_1x1)),
                    input_convention=layout.get("input_convention", config.input_convention))
     if changes["stride_in_1x1"] or changes["input_convention"] != "imagenet":
