@@ -18,9 +18,11 @@ load hits all of them. Artefacts (SavedModel, .tflite, .onnx of one random-weigh
 written once to --cache and reused.
 
 Summary: `best_float32_ours` (fastest of our float32 paths: the SavedModel ones, TFLite float32, ONNX
-Runtime on our export), `best_float32_peer` (fastest of PyTorch NCHW, PyTorch channels_last, ONNX
-Runtime, OpenVINO: ONNX Runtime runs our export, so it counts on both sides), `peer/ours` (their
-seconds per clip divided: above 1, ours is faster), on the median and on the fastest round; and
+Runtime on our export), `best_float32_peer` (fastest of PyTorch NCHW, PyTorch channels_last, and ONNX
+Runtime and OpenVINO each on the PyTorch model's ONNX export and OpenVINO on ours), `peer/ours` (their
+seconds per clip divided: above 1, ours is faster), on the median and on the fastest round;
+`peer/ours_counting_onnxruntime_on_our_export` is the same ratio with ONNX Runtime on our own export
+also counted as a peer (it is a path of ours, so that ratio cannot exceed 1 when it is the fastest); and
 what fraction of the machine's float32 rate our best path reaches, model FLOPs (2 x multiply-
 accumulates) per second over the measured 4096^2 GEMM rate (when fp32_gemm_ceiling ran) and over
 `fma_peak_gflops`: vector bits / 32 x 2 FLOP per FMA x 2 FMA units x cores used x the nominal clock
@@ -38,13 +40,20 @@ Backends:
                    (bfloat16 convs and activations: not float32, so listed, not in "best")
   tflite_float32   tf.lite.Interpreter, XNNPACK, --threads
   tflite_dynamic_int8  the same with dynamic-range int8 weights (not float32: listed, not in "best")
-  onnxruntime      tf2onnx graph on onnxruntime CPUExecutionProvider, intra-op --threads
+  onnxruntime      tf2onnx graph on onnxruntime CPUExecutionProvider, intra-op --threads (ours: our export)
+  onnxruntime_torch  peer: the PyTorch model of torch_eager exported by torch.onnx.export (TorchScript
+                   exporter, opset 17, softmax in the graph, input [T, 3, 224, 224] normalized NCHW),
+                   what a PyTorch user deploys on ONNX Runtime; same session options. Its shift is
+                   exported as a concat of zero-padded slices (torch_tsm.temporal_shift_concat, checked
+                   equal to the model's own before export): the in-place shift exports its zeros as a
+                   folded constant per block (277 MB of .onnx) and its assignments as scatters
   torch_eager      pure-PyTorch TSM-R50 of benchmarks/torch_tsm.py (official TSM shift: zeros + slice
                    copies), NCHW float32, torch.inference_mode, torch.set_num_threads(--threads)
   torch_channels_last  the same model and input, both `.to(memory_format=torch.channels_last)`
   openvino         OpenVINO CPU plugin on the onnxruntime backend's ONNX file, LATENCY hint,
                    INFERENCE_NUM_THREADS=--threads, inference precision f32 set explicitly (on CPUs
                    with AVX512_BF16 or AMX its default is bf16)
+  openvino_torch   peer: the same OpenVINO settings on onnxruntime_torch's ONNX file
   paddlevideo      PaddleVideo's ResNetTSM(50) from the installed ppvideo (loaded by path, relative
                    imports stubbed: tests/convert/paddle_reference.py) + avgpool/Linear head, dygraph,
                    paddle.no_grad
@@ -67,18 +76,20 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 NUM_SEGMENTS, IMAGE_SIZE, NUM_CLASSES = 8, 224, 400
 OURS_FLOAT32 = ("saved_model", "saved_model_frozen_weights", "tflite_float32", "onnxruntime")
-PEERS_FLOAT32 = ("torch_eager", "torch_channels_last", "onnxruntime", "openvino")
+PEERS_FLOAT32 = ("torch_eager", "torch_channels_last", "onnxruntime_torch", "openvino", "openvino_torch")
 # Backends that run the same weights on the same input, each group's outputs compared with its first
 # measured member's: our export (float32 cropped clips) and the PyTorch model.
 SAME_OUTPUT_GROUPS = (("saved_model", "onnxruntime", "saved_model_frozen_weights", "tflite_float32", "openvino",
-                       "saved_model_bfloat16", "tflite_dynamic_int8"), ("torch_eager", "torch_channels_last"))
+                       "saved_model_bfloat16", "tflite_dynamic_int8"),
+                      ("torch_eager", "torch_channels_last", "onnxruntime_torch", "openvino_torch"))
 FMA_UNITS = 2  # per core, assumed (two FMA pipes: Intel server cores with AVX-512, AMD Zen 4)
 FROZEN_WEIGHTS_ENV = "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"
 CEILING = "fp32_gemm_ceiling"
 GEMM_SIZE = 4096
 ALL_BACKENDS = ("saved_model", "saved_model_uint8", "saved_model_frozen_weights", "saved_model_bfloat16",
                 "tflite_float32", "tflite_dynamic_int8", "onnxruntime", "torch_eager", "torch_channels_last",
-                "openvino", "paddlevideo", CEILING)
+                "onnxruntime_torch", "openvino", "openvino_torch", "paddlevideo", CEILING)
+TORCH_ONNX = ("onnxruntime_torch", "openvino_torch")
 
 
 # ------------------------------------------------------------------------------------------ artefacts
@@ -86,6 +97,7 @@ def artefact_paths(cache):
     return dict(saved_model=os.path.join(cache, "saved_model"),
                 saved_model_bfloat16=os.path.join(cache, "saved_model_bfloat16"),
                 onnx=os.path.join(cache, "tsm_r50.onnx"),
+                torch_onnx=os.path.join(cache, "torch_tsm_r50.onnx"),
                 tflite_float32=os.path.join(cache, "tsm_r50_float32.tflite"),
                 tflite_dynamic_int8=os.path.join(cache, "tsm_r50_dynamic_int8.tflite"))
 
@@ -129,6 +141,32 @@ def prepare(cache, backends):
             os.replace(paths[key] + ".tmp", paths[key])
 
 
+def prepare_torch(cache):
+    """The PyTorch model's ONNX file for the ONNX Runtime / OpenVINO peers (in this process: torch only)."""
+    import numpy as np
+    import torch
+
+    path = artefact_paths(cache)["torch_onnx"]
+    if os.path.exists(path):
+        return
+    from torch_tsm import Bottleneck, temporal_shift_concat
+
+    model = torch.nn.Sequential(torch_tsm_resnet50(NUM_CLASSES, NUM_SEGMENTS), torch.nn.Softmax(-1)).eval()
+    clips = torch.from_numpy(torch_clips(np.random.default_rng(0)))
+    with torch.no_grad():
+        expected = model(clips)
+        for block in model.modules():  # the export-friendly shift: same values, no scatters or folded zeros
+            if isinstance(block, Bottleneck):
+                block.shift = temporal_shift_concat
+        if not torch.allclose(model(clips), expected, rtol=1e-5, atol=1e-7):
+            raise AssertionError("temporal_shift_concat changed the PyTorch model's outputs")
+    os.makedirs(cache, exist_ok=True)
+    with torch.no_grad():
+        torch.onnx.export(model, (clips,), path + ".tmp", dynamo=False, opset_version=17, input_names=["clips"],
+                          output_names=["probabilities"], do_constant_folding=True)
+    os.replace(path + ".tmp", path)
+
+
 # -------------------------------------------------------------------------------------------- workers
 def make_runner(backend, cache, threads):
     """A no-argument function running one batch-1 clip through `backend`, and its version string."""
@@ -170,14 +208,26 @@ def make_runner(backend, cache, threads):
         session = ort.InferenceSession(paths["onnx"], options, providers=["CPUExecutionProvider"])
         clips = rng.uniform(0, 255, (1, NUM_SEGMENTS, IMAGE_SIZE, IMAGE_SIZE, 3)).astype("float32")
         return (lambda: session.run(["probabilities"], {"clips": clips})[0]), f"onnxruntime {ort.__version__}"
+    if backend == "onnxruntime_torch":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(paths["torch_onnx"], options, providers=["CPUExecutionProvider"])
+        clips = torch_clips(rng)
+        return (lambda: session.run(["probabilities"], {"clips": clips})[0]), (
+            f"onnxruntime {ort.__version__} (the PyTorch model's torch.onnx.export)")
     if backend == "openvino":
         return openvino_runner(paths["onnx"], threads, rng)
+    if backend == "openvino_torch":
+        return openvino_runner(paths["torch_onnx"], threads, rng, clips=torch_clips(rng),
+                               source="the PyTorch model's torch.onnx.export")
     if backend in ("torch_eager", "torch_channels_last"):
         import torch
 
         torch.set_num_threads(threads)
         model = torch_tsm_resnet50(NUM_CLASSES, NUM_SEGMENTS).eval()
-        clips = torch.from_numpy(rng.normal(size=(NUM_SEGMENTS, 3, IMAGE_SIZE, IMAGE_SIZE)).astype("float32"))
+        clips = torch.from_numpy(torch_clips(rng))
         layout = "NCHW"
         if backend == "torch_channels_last":
             model = model.to(memory_format=torch.channels_last)
@@ -201,8 +251,13 @@ def make_runner(backend, cache, threads):
     raise ValueError(f"unknown backend {backend!r}; known: {ALL_BACKENDS}")
 
 
-def openvino_runner(onnx_path, threads, rng):
-    """OpenVINO's CPU plugin on our ONNX export, float32 inference precision set explicitly."""
+def torch_clips(rng):
+    """The PyTorch model's input: one clip of normalized frames `[T, 3, H, W]` float32 (NCHW)."""
+    return rng.normal(size=(NUM_SEGMENTS, 3, IMAGE_SIZE, IMAGE_SIZE)).astype("float32")
+
+
+def openvino_runner(onnx_path, threads, rng, clips=None, source="our export"):
+    """OpenVINO's CPU plugin on an ONNX file (ours, or the PyTorch model's), float32 precision set explicitly."""
     import openvino as ov
     import openvino.properties as props
     import openvino.properties.hint as hints
@@ -216,9 +271,10 @@ def openvino_runner(onnx_path, threads, rng):
         raise RuntimeError(f"OpenVINO compiled the model with inference precision {precision}, not f32")
     request = compiled.create_infer_request()
     output = compiled.output("probabilities")
-    clips = rng.uniform(0, 255, (1, NUM_SEGMENTS, IMAGE_SIZE, IMAGE_SIZE, 3)).astype("float32")
+    if clips is None:
+        clips = rng.uniform(0, 255, (1, NUM_SEGMENTS, IMAGE_SIZE, IMAGE_SIZE, 3)).astype("float32")
     return (lambda: request.infer({"clips": clips})[output]), (
-        f"openvino {ov.__version__} (CPU plugin, inference precision {precision.get_type_name()}, "
+        f"openvino {ov.__version__} ({source}; CPU plugin, inference precision {precision.get_type_name()}, "
         f"{compiled.get_property(props.inference_num_threads)} threads, "
         f"{compiled.get_property(hints.performance_mode)} hint)")
 
@@ -386,7 +442,7 @@ def model_macs(cache):
         return json.load(f)["macs"]
 
 
-def ceiling(gemm_seconds, cache, seconds, peak_gflops=None):
+def ceiling(gemm_seconds, cache, seconds, peak_gflops=None, peak_inputs=None):
     """The float32 floor latency at the fastest round's GEMM rate, and what each target asks of it."""
     gflops = 2 * GEMM_SIZE ** 3 / gemm_seconds / 1e9
     macs = model_macs(cache)
@@ -395,6 +451,9 @@ def ceiling(gemm_seconds, cache, seconds, peak_gflops=None):
            "seconds_per_clip_at_gemm_rate": round(floor, 4)}
     if peak_gflops:
         out["gemm_as_fraction_of_fma_peak"] = round(gflops / peak_gflops, 3)
+    if peak_inputs:  # above 1, the cores ran faster than cpuinfo's nominal clock (turbo): the clock that explains it
+        per_cycle = peak_inputs["flop_per_cycle_per_core"] * peak_inputs["cores"]
+        out["clock_mhz_the_gemm_rate_implies"] = round(gflops * 1e3 / per_cycle)
     for backend, factor in (("torch_eager", 2.0), ("paddlevideo", 3.0)):
         if backend in seconds:
             target = seconds[backend] / factor
@@ -424,6 +483,10 @@ def summary(seconds, fastest, gemm_gflops, peak, macs):
         ours, peer = entry["best_float32_ours"], entry["best_float32_peer"]
         if ours and peer:
             entry["peer/ours"] = round(peer["seconds_per_clip"] / ours["seconds_per_clip"], 3)
+        with_ours = best_of(table, PEERS_FLOAT32 + ("onnxruntime",))
+        if ours and with_ours:
+            entry["peer/ours_counting_onnxruntime_on_our_export"] = round(
+                with_ours["seconds_per_clip"] / ours["seconds_per_clip"], 3)
         if ours and macs:
             flops = 2 * macs / ours["seconds_per_clip"]
             entry["best_ours_gflops"] = round(flops / 1e9, 1)
@@ -436,7 +499,9 @@ def summary(seconds, fastest, gemm_gflops, peak, macs):
         else:
             out[label] = entry
     out["note"] = ("peer/ours: the best peer's seconds per clip over our best's (above 1: ours is faster); "
-                   "onnxruntime runs our export and counts on both sides. fractions: model FLOPs (2 x "
+                   "peers: PyTorch eager (NCHW, channels_last), ONNX Runtime and OpenVINO on the PyTorch model's ONNX export, "
+                   "OpenVINO on ours; ONNX Runtime on our export is ours (the _counting_ ratio also counts it as a peer). "
+                   "fractions: model FLOPs (2 x "
                    "multiply-accumulates) per second of our best float32 path over the fastest round's "
                    "4096^2 GEMM rate (fp32_ceiling) and over fma_peak_gflops")
     out.update(peak)
@@ -470,6 +535,9 @@ def main():
     subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {HERE!r}); import serving_speed; "
                     f"serving_speed.prepare({args.cache!r}, {backends!r})"], check=True,
                    env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    if any(b in TORCH_ONNX for b in backends):  # torch in a process of its own, as every backend
+        subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {HERE!r}); import serving_speed; "
+                        f"serving_speed.prepare_torch({args.cache!r})"], check=True)
     prepare_seconds = time.perf_counter() - prepare_start
     load_before = os.getloadavg()
     per_round = {b: [] for b in backends}
@@ -517,6 +585,9 @@ def main():
         targets = {"best_ours_at_most_0.3s": table[best] <= 0.3}
         if "torch_eager" in table:
             targets["torch_eager_over_best_ours_at_least_2"] = table["torch_eager"] / table[best] >= 2.0
+        peer = best_of(table, PEERS_FLOAT32)
+        if peer:
+            targets["best_peer_over_best_ours_at_least_1.3"] = peer["seconds_per_clip"] / table[best] >= 1.3
         if "paddlevideo" in table:
             targets["paddlevideo_over_best_ours_at_least_3"] = table["paddlevideo"] / table[best] >= 3.0
         result[f"{label}_targets"] = targets
@@ -525,7 +596,8 @@ def main():
     macs = model_macs(args.cache) if any(b in seconds for b in OURS_FLOAT32) else None
     result["summary"] = summary(seconds, fastest, gemm_gflops, peak, macs)
     if gemm_seconds:
-        result["fp32_ceiling"] = ceiling(min(gemm_seconds), args.cache, seconds, peak.get("fma_peak_gflops"))
+        result["fp32_ceiling"] = ceiling(min(gemm_seconds), args.cache, seconds, peak.get("fma_peak_gflops"),
+                                         peak.get("fma_peak_inputs"))
     result.update({
         "output_agreement": output_agreement(outputs),
         "errors": errors,
