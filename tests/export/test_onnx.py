@@ -34,8 +34,52 @@ def test_graph_has_only_standard_ops(onnx_path):
     ops = check_standard_ops(onnx_path)
     assert {domain for domain, _ in onnx_op_types(onnx_path)} == {"ai.onnx"}
     assert set(ops) <= STANDARD_OPS
-    # The temporal shift is a grouped Conv; no Loop/If/custom op.
     assert "Conv" in ops and not {"Loop", "If", "Scan"} & set(ops)
+
+
+def test_shifts_are_slices_on_nchw_tensors_with_no_transposes_around_them(onnx_path):
+    """tf2onnx leaves 4 Transposes around each shift (a grouped Conv in NHWC); the export rewrites them."""
+    import onnx
+
+    from tsm_keras.export.onnx import _attributes
+
+    nodes = onnx.load(onnx_path).graph.node
+    assert not [n.name for n in nodes if n.op_type == "Conv" and _attributes(n).get("group", 1) > 1]
+    # One Transpose is left: the NHWC clips input to the first conv.
+    assert [n.op_type for n in nodes].count("Transpose") == 1
+    assert [n.op_type for n in nodes].count("Pad") >= 16  # 8 blocks x 2 shifted groups (+ the stem's pool pad)
+
+
+@pytest.mark.parametrize("convention,direction,channels", [("tsm", "bidirectional", 16), ("paddle", "bidirectional", 12),
+                                                           ("tsm", "unidirectional", 16)])
+def test_nchw_shift_rewrite_gives_the_keras_shift(convention, direction, channels, tmp_path):
+    """conv -> TemporalShift -> conv through tf2onnx: the shift becomes Slice/Pad/Concat, the values stay."""
+    import keras
+    import onnx
+    import tensorflow as tf
+
+    import tsm_keras
+    from tsm_keras.export.onnx import _attributes, _require_tf2onnx, nchw_temporal_shifts, onnxruntime_session
+
+    t = 3
+    inputs = keras.Input((5, 4, 3), batch_size=None)
+    x = keras.layers.Conv2D(channels, 1, use_bias=False)(inputs)
+    x = tsm_keras.TemporalShift(t, direction=direction, convention=convention)(x)
+    outputs = keras.layers.Conv2D(4, 1, use_bias=False)(x)
+    model = keras.Model(inputs, outputs)
+    frames = np.random.default_rng(0).normal(size=(2 * t, 5, 4, 3)).astype("float32")
+    expected = model(frames).numpy()
+    spec = tf.TensorSpec([None, 5, 4, 3], tf.float32, name="frames")
+    proto, _ = _require_tf2onnx().convert.from_function(tf.function(lambda f: {"y": model(f)}), input_signature=[spec],
+                                                         opset=17)
+    grouped = [n for n in proto.graph.node if n.op_type == "Conv" and _attributes(n).get("group", 1) > 1]
+    assert len(grouped) == 1  # what tf2onnx makes of the shift: the test would pass untouched graphs otherwise
+    assert nchw_temporal_shifts(proto, t) == 1
+    assert not [n for n in proto.graph.node if n.op_type == "Conv" and _attributes(n).get("group", 1) > 1]
+    onnx.checker.check_model(proto)
+    onnx.save(proto, tmp_path / "shift.onnx")
+    got = onnxruntime_session(tmp_path / "shift.onnx").run(["y"], {"frames": frames})[0]
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
 
 
 def test_check_standard_ops_rejects_custom_domains(tmp_path):
