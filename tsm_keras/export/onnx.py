@@ -56,9 +56,9 @@ def export_onnx(model, path, opset=DEFAULT_OPSET, batch_size=None, fold_batchnor
         return {"logits": tf.identity(logits, name="logits"),
                 "probabilities": tf.nn.softmax(logits, axis=-1, name="probabilities")}
 
-    proto, _ = tf2onnx.convert.from_function(clips_to_scores, input_signature=[spec], opset=opset)
-    import onnx
+    import onnx  # installed with tf2onnx
 
+    proto, _ = tf2onnx.convert.from_function(clips_to_scores, input_signature=[spec], opset=opset)
     nchw_temporal_shifts(proto, num_segments)
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
