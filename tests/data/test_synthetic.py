@@ -32,6 +32,9 @@ def test_layout_lists_and_real_mjpg_videos(tmp_path):
     frames = lists.read_list(paths["val_frames_list"], "frames", paths["root"])
     assert len(videos) == 2 * len(SYNTHETIC_CLASSES) and len(frames) == len(SYNTHETIC_CLASSES)
     assert sorted({r.label for r in videos}) == list(range(len(SYNTHETIC_CLASSES)))
+    # Written by parallel threads, listed in class, then index order.
+    assert [os.path.basename(r.path) for r in videos] == [f"{name}_train_{i:03d}.avi" for name in SYNTHETIC_CLASSES
+                                                          for i in range(2)]
     decoded, fourcc = _decode(videos[0].path)
     assert fourcc == "MJPG" and decoded.shape == (10, 40, 40, 3)
     assert all(r.num_frames == 10 and len(os.listdir(r.path)) == 10 for r in frames)

