@@ -160,8 +160,7 @@ def prepare_torch(cache):
                 block.shift = temporal_shift_concat
         if not torch.allclose(model(clips), expected, rtol=1e-5, atol=1e-7):
             raise AssertionError("temporal_shift_concat changed the PyTorch model's outputs")
-    os.makedirs(cache, exist_ok=True)
-    with torch.no_grad():
+        os.makedirs(cache, exist_ok=True)
         torch.onnx.export(model, (clips,), path + ".tmp", dynamo=False, opset_version=17, input_names=["clips"],
                           output_names=["probabilities"], do_constant_folding=True)
     os.replace(path + ".tmp", path)
@@ -201,22 +200,11 @@ def make_runner(backend, cache, threads):
         clips = rng.uniform(0, 255, (1, NUM_SEGMENTS, IMAGE_SIZE, IMAGE_SIZE, 3)).astype("float32")
         return (lambda: runner(clips=clips)["probabilities"]), f"tensorflow {tf.__version__} (tf.lite, XNNPACK)"
     if backend == "onnxruntime":
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        session = ort.InferenceSession(paths["onnx"], options, providers=["CPUExecutionProvider"])
         clips = rng.uniform(0, 255, (1, NUM_SEGMENTS, IMAGE_SIZE, IMAGE_SIZE, 3)).astype("float32")
-        return (lambda: session.run(["probabilities"], {"clips": clips})[0]), f"onnxruntime {ort.__version__}"
+        return onnxruntime_runner(paths["onnx"], threads, clips, "")
     if backend == "onnxruntime_torch":
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        session = ort.InferenceSession(paths["torch_onnx"], options, providers=["CPUExecutionProvider"])
-        clips = torch_clips(rng)
-        return (lambda: session.run(["probabilities"], {"clips": clips})[0]), (
-            f"onnxruntime {ort.__version__} (the PyTorch model's torch.onnx.export)")
+        return onnxruntime_runner(paths["torch_onnx"], threads, torch_clips(rng),
+                                  " (the PyTorch model's torch.onnx.export)")
     if backend == "openvino":
         return openvino_runner(paths["onnx"], threads, rng)
     if backend == "openvino_torch":
@@ -249,6 +237,17 @@ def make_runner(backend, cache, threads):
         matmul = tf.function(tf.matmul)
         return (lambda: matmul(a, b).numpy()), f"tensorflow {tf.__version__}"
     raise ValueError(f"unknown backend {backend!r}; known: {ALL_BACKENDS}")
+
+
+def onnxruntime_runner(onnx_path, threads, clips, source):
+    """ONNX Runtime's CPU provider on an ONNX file, intra-op `threads` (not tsm_keras.export.onnx's
+    session helper: importing that module loads TensorFlow into this worker)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+    return (lambda: session.run(["probabilities"], {"clips": clips})[0]), f"onnxruntime {ort.__version__}{source}"
 
 
 def torch_clips(rng):
