@@ -8,9 +8,13 @@ scalar collective per step). A signal while the checkpoint is being written is r
 ignored: the save (a temporary folder renamed into place) completes. Once training has stopped on a
 signal, repeats of it stay ignored until the process exits (a preempted job's scheduler often signals
 twice; the second must not turn exit status 75 into death by SIGTERM); a caller that catches
-`TrainingPreempted` and carries on calls its `restore_signal_handlers()`.
+`TrainingPreempted` and carries on calls its `restore_signal_handlers()`. Python puts its own handlers
+back to the default action when the interpreter shuts down (after the `atexit` callbacks), so a repeat
+arriving while TensorFlow tears down would still kill the process: an `atexit` callback turns the
+ignoring handlers into `SIG_IGN`, which the shutdown keeps.
 """
 
+import atexit
 import signal
 import sys
 import threading
@@ -54,6 +58,8 @@ class StopRequest:
             exc._previous_handlers = dict(self._previous)
             for signum in self._previous:
                 signal.signal(signum, _ignore_repeat)
+            atexit.unregister(_ignore_repeats_through_shutdown)
+            atexit.register(_ignore_repeats_through_shutdown)
         else:
             for signum, handler in self._previous.items():
                 signal.signal(signum, handler)
@@ -83,6 +89,13 @@ class StopRequest:
 
 def _ignore_repeat(signum, frame):
     print(f"{signal.Signals(signum).name} received: already stopped, checkpoint written", file=sys.stderr, flush=True)
+
+
+def _ignore_repeats_through_shutdown():
+    """At exit: a Python handler is reset to SIG_DFL by the interpreter's shutdown, SIG_IGN is kept."""
+    for signum in SIGNALS:
+        if signal.getsignal(signum) is _ignore_repeat:
+            signal.signal(signum, signal.SIG_IGN)
 
 
 def _agreement(strategy):
