@@ -478,6 +478,7 @@ def best_of(table, names):
 def summary(seconds, fastest, gemm_gflops, peak, macs):
     """Best float32 ours vs peers, and our best path's share of the GEMM rate and of the FMA peak."""
     out = {}
+    peak_gflops = peak_at_running_clock(peak.get("fma_peak_gflops"), gemm_gflops)
     for label, table in (("median", seconds), ("fastest_round", fastest)):
         entry = {"best_float32_ours": best_of(table, OURS_FLOAT32),
                  "best_float32_peer": best_of(table, PEERS_FLOAT32)}
@@ -493,7 +494,6 @@ def summary(seconds, fastest, gemm_gflops, peak, macs):
             entry["best_ours_gflops"] = round(flops / 1e9, 1)
             if gemm_gflops:
                 entry["fraction_of_gemm_rate"] = round(flops / (gemm_gflops * 1e9), 3)
-            peak_gflops = peak_at_running_clock(peak.get("fma_peak_gflops"), gemm_gflops)
             if peak_gflops:
                 entry["fraction_of_fma_peak"] = round(flops / (peak_gflops * 1e9), 3)
         if label == "median":
@@ -507,9 +507,8 @@ def summary(seconds, fastest, gemm_gflops, peak, macs):
                    "multiply-accumulates) per second of our best float32 path over the fastest round's "
                    "4096^2 GEMM rate (fp32_ceiling) and over fma_peak_gflops")
     out.update(peak)
-    running = peak_at_running_clock(peak.get("fma_peak_gflops"), gemm_gflops)
-    if running and running != peak.get("fma_peak_gflops"):
-        out["fma_peak_gflops_at_running_clock"] = round(running, 1)
+    if peak_gflops and peak_gflops != peak.get("fma_peak_gflops"):
+        out["fma_peak_gflops_at_running_clock"] = round(peak_gflops, 1)
         out["fma_peak_clock_note"] = (
             f"the 4096^2 GEMM ran at {gemm_gflops:.0f} GFLOP/s, above the {peak['fma_peak_gflops']} GFLOP/s peak at "
             "cpuinfo's nominal clock: the cores run faster than it (boost), so fraction_of_fma_peak is taken over the "
