@@ -8,7 +8,8 @@
   dtype's precision.
 - `check_model_saving(model, inputs, tmp_path)`: a `.keras` file reloads to identical outputs.
 
-And `trained_looking(model)`, which gives a freshly built model the weights that make such checks mean something.
+And `trained_looking(model)`, which gives a freshly built model the weights that make such checks mean something,
+and `consumers(model, layer_name)`, the layers that read a layer's output (where a shift sits in the graph).
 """
 
 import os
@@ -41,6 +42,13 @@ def trained_looking(model, seed=0):
         weights.append(value.astype(np.float32))
     model.set_weights(weights)
     return model
+
+
+def consumers(model, layer_name):
+    """Names of the layers of functional `model` that read the output of `layer_name`."""
+    target = model.get_layer(layer_name).output
+    return {layer.name for layer in model.layers for node in layer._inbound_nodes
+            if any(tensor is target for tensor in keras.tree.flatten(node.input_tensors))}
 
 
 def _numpy(x):

@@ -1,5 +1,8 @@
 """The TSM classifier: size, cost, structure, serialization, precision and input shapes."""
 
+import os
+import sys
+
 import numpy as np
 import pytest
 import keras
@@ -8,6 +11,9 @@ import tensorflow as tf
 import tsm_keras
 from tsm_keras.layers import IMAGENET_MEAN, IMAGENET_STD, TemporalShift
 from tsm_keras.models.flops import count_macs
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from harness import consumers  # noqa: E402
 
 
 def trainable_count(model):
@@ -58,25 +64,13 @@ def test_parameter_counts_of_other_depths():
         assert trainable_count(model) == body + channels * 10 + 10, backbone
 
 
-def _consumers(model, layer_name):
-    """Names of the layers that read the output of `layer_name`."""
-    target = model.get_layer(layer_name).output
-    out = set()
-    for layer in model.layers:
-        for node in layer._inbound_nodes:
-            for tensor in keras.tree.flatten(node.input_tensors):
-                if tensor is target:
-                    out.add(layer.name)
-    return out
-
-
 def test_shift_place_blockres_shifts_only_the_residual_branch():
     blockres = tsm_keras.build_tsm(10, backbone="resnet18", shift_place="blockres")
-    assert _consumers(blockres, "res3a_shift") == {"res3a_branch2a_pad"}  # stride-2 3x3 conv padding
-    assert _consumers(blockres, "res2b_shift") == {"res2b_branch2a"}
+    assert consumers(blockres, "res3a_shift") == {"res3a_branch2a_pad"}  # stride-2 3x3 conv padding
+    assert consumers(blockres, "res2b_shift") == {"res2b_branch2a"}
     block = tsm_keras.build_tsm(10, backbone="resnet18", shift_place="block")
-    assert _consumers(block, "res3a_shift") == {"res3a_branch2a_pad", "res3a_branch1"}
-    assert _consumers(block, "res2b_shift") == {"res2b_branch2a", "res2b_add"}
+    assert consumers(block, "res3a_shift") == {"res3a_branch2a_pad", "res3a_branch1"}
+    assert consumers(block, "res2b_shift") == {"res2b_branch2a", "res2b_add"}
 
 
 def test_head_init_and_dropout():

@@ -9,7 +9,10 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
+sys.path.insert(0, os.path.join(REPO, "tests"))
+
 import app  # noqa: E402
+from harness import consumers  # noqa: E402
 from tsm_keras.config import config_from_flags  # noqa: E402
 from tsm_keras.training.schedules import scaled_lr_values  # noqa: E402
 
@@ -49,8 +52,6 @@ def test_quickstart():
     assert _parse(f"--flagfile={REPO}/flags/quickstart.flags", "--amp").precision == "mixed_float16"
     # No ResNet stage at 1x1 (where TensorFlow's Eigen conv gradients are pathologically slow), in the model
     # the flagfile builds.
-    import keras
-
     import tsm_keras
 
     model = tsm_keras.build_tsm(**c.model_kwargs(image_size=c.image_size))
@@ -60,10 +61,7 @@ def test_quickstart():
     assert c.image_size > 32
     # The shift on the block's input, so the identity path reads the shifted frames too (it learns the
     # motion classes in fewer epochs here than the residual shift: README, "Quickstart").
-    shifted = model.get_layer("res2b_shift").output
-    readers = {layer.name for layer in model.layers for node in layer._inbound_nodes
-               if any(t is shifted for t in keras.tree.flatten(node.input_tensors))}
-    assert readers == {"res2b_branch2a", "res2b_add"}, readers
+    assert consumers(model, "res2b_shift") == {"res2b_branch2a", "res2b_add"}
 
 
 def test_precision_flag_defaults_to_auto():
@@ -110,8 +108,6 @@ def test_online_mobilenetv2():
     assert (c.flip, c.validate, c.precision) == (False, True, "float32")
     assert c.image_size > 32 and c.scale_size >= c.image_size
     # Its run streams: the uni-directional model passes to_streaming's check.
-    import keras
-
     import tsm_keras
     from tsm_keras.models.streaming import check_streamable
 
