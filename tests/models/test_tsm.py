@@ -57,9 +57,11 @@ def test_layer_names_follow_paddle_caffe_scheme(resnet50_tsm_and_tsn):
 
 
 def test_parameter_counts_of_other_depths():
-    # torchvision's numbers without fc: resnet18 11,176,512; resnet34 21,284,672; resnet101 42,500,160.
-    for backbone, body in [("resnet18", 11_176_512), ("resnet34", 21_284_672), ("resnet101", 42_500_160)]:
-        channels = 512 if backbone in ("resnet18", "resnet34") else 2048
+    # torchvision's numbers without fc: resnet18 11,176,512; resnet34 21,284,672; resnet101 42,500,160;
+    # torchvision's ResNet(BasicBlock, [1, 1, 1, 1]) (counted in PyTorch, which has no named resnet10) 4,905,792.
+    for backbone, body in [("resnet10", 4_905_792), ("resnet18", 11_176_512), ("resnet34", 21_284_672),
+                           ("resnet101", 42_500_160)]:
+        channels = 512 if backbone in ("resnet10", "resnet18", "resnet34") else 2048
         model = tsm_keras.build_tsm(10, backbone=backbone)
         assert trainable_count(model) == body + channels * 10 + 10, backbone
 

@@ -1,4 +1,4 @@
-"""ResNet-18/34/50/101 applied per frame, with temporal shifts inside the residual blocks.
+"""ResNet-10/18/34/50/101 applied per frame, with temporal shifts inside the residual blocks.
 
 Layer names follow the Caffe/PaddleVideo scheme (`conv1`, `bn_conv1`, `res2a_branch2a`,
 `bn2a_branch2a`, `res2a_branch1`, ..., `res4b1_branch2a` for the 23-block stage of ResNet-101)
@@ -10,8 +10,10 @@ from keras import layers
 
 from tsm_keras.layers import Conv2D, FusedBatchNormalization, TemporalShift
 
-# depth -> (block kind, blocks per stage)
+# depth -> (block kind, blocks per stage). ResNet-10 is torchvision's ResNet(BasicBlock, [1, 1, 1, 1]): no
+# pretrained weights, for from-scratch runs on small inputs (the quickstart), where a conv costs per call.
 RESNET_SPECS = {
+    10: ("basic", (1, 1, 1, 1)),
     18: ("basic", (2, 2, 2, 2)),
     34: ("basic", (3, 4, 6, 3)),
     50: ("bottleneck", (3, 4, 6, 3)),
