@@ -45,7 +45,7 @@ def test_ucf101_recipes(name):
 
 def test_quickstart():
     c = _parse(f"--flagfile={REPO}/flags/quickstart.flags")
-    assert (c.data_format, c.backbone, c.flip, c.validate, c.mode) == ("synthetic", "resnet18", False, True, "train")
+    assert (c.data_format, c.backbone, c.flip, c.validate, c.mode) == ("synthetic", "resnet10", False, True, "train")
     # The precision fits the machine; an explicit flag wins over the flagfile's auto.
     assert c.precision == "auto"
     assert _parse(f"--flagfile={REPO}/flags/quickstart.flags", "--precision=float32").precision == "float32"
@@ -61,7 +61,7 @@ def test_quickstart():
     assert c.image_size > 32
     # The shift on the block's input, so the identity path reads the shifted frames too (it learns the
     # motion classes in fewer epochs here than the residual shift: README, "Quickstart").
-    assert consumers(model, "res2b_shift") == {"res2b_branch2a", "res2b_add"}
+    assert consumers(model, "res2a_shift") == {"res2a_branch2a", "res2a_add"}
 
 
 def test_precision_flag_defaults_to_auto():
