@@ -47,7 +47,7 @@ def train(config, *, data=None, stop_after_steps=None):
     from tsm_keras.training.optimizer import build_optimizer
     from tsm_keras.training.precise_bn import check_precise_bn, precise_bn_after_epoch, precise_bn_due
     from tsm_keras.training.schedules import build_schedule
-    from tsm_keras.training.step import epoch_dataset_function, make_train_step
+    from tsm_keras.training.step import epoch_dataset_function, make_statistics_sync, make_train_step
 
     if data is None:
         import tsm_keras.data as data
@@ -116,6 +116,7 @@ def train(config, *, data=None, stop_after_steps=None):
     train_step = make_train_step(strategy, model, optimizer, global_batch, config.num_classes,
                                  label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha,
                                  seed=config.seed)
+    sync_statistics = make_statistics_sync(strategy, model)  # None on one replica
     epoch_dataset = epoch_dataset_function(strategy, data, config, global_batch, steps_per_epoch)
     evaluator = Evaluator(model, config, data, strategy=strategy)
     writer = tf.summary.create_file_writer(os.path.join(model_dir, runs.TENSORBOARD_DIR)) if chief else None
@@ -167,7 +168,10 @@ def train(config, *, data=None, stop_after_steps=None):
                         if steps_timed:
                             write_scalar("train/clips_per_sec", clips_per_sec)
                 every = int(config.checkpoint_every or 0)
-                saved = chief and every and step % every == 0 and step % steps_per_epoch
+                periodic = bool(every and step % every == 0 and step % steps_per_epoch)
+                if periodic and sync_statistics:
+                    sync_statistics()  # every worker, at the same step: the checkpoint holds what all replicas hold
+                saved = chief and periodic
                 if saved:
                     manager.save(step, dict(epoch=epoch, best_val_top1=best_top1, last_val=last_val))
                 if stop.requested():
@@ -178,6 +182,8 @@ def train(config, *, data=None, stop_after_steps=None):
                     progress.close()
                     return None
             progress.close()
+            if sync_statistics:
+                sync_statistics()  # one set of BatchNorm statistics for validation, checkpoints and the saved weights
             record = dict(epoch=epoch + 1, step=step, lr=float(schedule(step - 1)),
                           train_loss=sums[0] / max(sums[3], 1), train_top1=sums[1] / max(sums[3], 1),
                           train_top5=sums[2] / max(sums[3], 1), epoch_seconds=time.time() - epoch_start,

@@ -56,6 +56,44 @@ def make_train_step(strategy, model, optimizer, global_batch, num_classes, *, la
     return train_step
 
 
+def make_statistics_sync(strategy, model):
+    """A `tf.function` that sets every replica's BatchNorm moving mean and variance to their mean over all
+    replicas (and workers); None with one replica.
+
+    Without `--sync_bn` each replica updates the moving statistics from its own share of the batch, and
+    TensorFlow keeps one copy of these variables a replica (they are not aggregated), so the copies drift
+    apart: validation on several replicas would use different statistics on each, and the weights saved (the
+    first replica's) would not be the model that was validated. The loop calls it at each epoch's end and
+    before each periodic checkpoint, on every worker at the same step (it is a collective). The mean over
+    equal shards of the moving means is the single device's moving mean; the moving variance leaves out the
+    spread between the shards' means, as a per-replica variance does.
+    """
+    if strategy.num_replicas_in_sync == 1:
+        return None
+    import keras
+    import tensorflow as tf
+
+    variables = [variable for layer in model._flatten_layers(include_self=False, recursive=True)
+                 if isinstance(layer, keras.layers.BatchNormalization)
+                 for variable in (layer.moving_mean, layer.moving_variance)]
+    if not variables:
+        return None
+
+    def replica_sync():
+        context = tf.distribute.get_replica_context()
+        # Tensors, not the variables: multi-worker all-reduces take a variable's devices as the destinations.
+        values = [tf.identity(variable.value) for variable in variables]
+        means = context.all_reduce(tf.distribute.ReduceOp.MEAN, values)
+        for variable, mean in zip(variables, means):
+            variable.assign(mean)
+
+    @tf.function
+    def sync():
+        strategy.run(replica_sync)
+
+    return sync
+
+
 def epoch_dataset_function(strategy, data, config, global_batch, steps_per_epoch):
     """`(epoch, skip) -> dataset` of the epoch's remaining steps (`skip` already trained on).
 
