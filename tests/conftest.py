@@ -21,10 +21,10 @@ def _float32_policy():
 
 @pytest.fixture(scope="session")
 def tiny_tsm():
-    """One small TSM for the whole test run (ResNet-18, T=2, 32 px, 3 classes, raw 0-255 input), with
+    """One small TSM for the whole test run (ResNet-10, T=2, 32 px, 3 classes, raw 0-255 input), with
     non-trivial BatchNorm statistics. Built under float32; tests must not train or change it."""
     keras.mixed_precision.set_dtype_policy("float32")
-    model = tsm_keras.build_tsm(3, num_segments=2, backbone="resnet18", image_size=32, normalize_input=True)
+    model = tsm_keras.build_tsm(3, num_segments=2, backbone="resnet10", image_size=32, normalize_input=True)
     return trained_looking(model)
 
 

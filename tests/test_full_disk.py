@@ -185,7 +185,7 @@ def test_exports(disk, tiny_tsm, tmp_path, export_format):
     folder, fill = disk
     source = str(tmp_path / "tiny.keras")
     tiny_tsm.save(source)
-    fill(leave=1 << 20)  # a ResNet-18 export is ~45 MB
+    fill(leave=1 << 20)  # a ResNet-10 export is ~20 MB
     config = Config(weights=source, export_dir=str(folder / "exports"), export_format=export_format,
                     num_classes=int(tiny_tsm.output_shape[-1]), image_size=64)
     with pytest.raises(DiskFullError) as raised:

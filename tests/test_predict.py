@@ -33,7 +33,7 @@ def trained_run(tmp_path_factory):
                                     num_frames=12, frame_size=80)
     frame_rows = [line.split() for line in open(data["val_frames_list"])]
     video_rows = [line.split() for line in open(data["val_list"])]
-    config = Config(backbone="resnet18", num_classes=8, num_segments=4, image_size=64, scale_size=72, dropout=0.0,
+    config = Config(backbone="resnet10", num_classes=8, num_segments=4, image_size=64, scale_size=72, dropout=0.0,
                     data_format="videos", data_root=data["root"], val_list=data["val_list"],
                     label_map=data["label_map"], model_dir=str(base / "run"))
     clips = np.concatenate([load_video_clips(os.path.join(data["root"], row[0]), 4, scale_size=72, image_size=64)

@@ -1,6 +1,6 @@
 """Online predict (`--mode=predict --online`, `classifier.stream()`) on .mp4 videos of the embedded dataset.
 
-The fixture trains a uni-directional ResNet-18 TSM (8 segments of 40 px) on one 8-frame clip per class
+The fixture trains a uni-directional ResNet-10 TSM (8 segments of 40 px) on one 8-frame clip per class
 (~10 s, most of it the first step's tracing), so that the streamed last frame, whose mean logits over the whole video are the offline clip
 logits, must name the clip's class, and a video and its time reverse (moving right / left) must part. The
 smoothed scores are checked against the offline model's per-frame fc outputs (its shifts are
@@ -58,7 +58,7 @@ def online_run(tmp_path_factory):
     from tsm_keras.runs import WEIGHTS_FILE, write_run_files
 
     base = tmp_path_factory.mktemp("online")
-    config = Config(backbone="resnet18", shift="unidirectional", num_classes=8, num_segments=FRAMES,
+    config = Config(backbone="resnet10", shift="unidirectional", num_classes=8, num_segments=FRAMES,
                     image_size=CROP, scale_size=SCALE, dropout=0.0, model_dir=str(base / "run"))
     videos = {}
     (base / "videos").mkdir()

@@ -30,7 +30,7 @@ def test_second_trainer_stops_naming_the_holder_then_a_killed_holder_is_taken_ov
     from tsm_keras.config import Config
 
     model_dir = tmp_path / "run"
-    config = Config(model_dir=str(model_dir), data_format="synthetic", backbone="resnet18", num_classes=2,
+    config = Config(model_dir=str(model_dir), data_format="synthetic", backbone="resnet10", num_classes=2,
                     num_segments=2, image_size=32, scale_size=32, batch_size=2, epochs=1, steps_per_epoch=100000,
                     strategy="one_device", checkpoint_every=0, validate=False)
     (tmp_path / "run.json").write_text(config.to_json())

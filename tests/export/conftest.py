@@ -1,4 +1,4 @@
-"""Tiny trained-scale TSMs shared by the export tests: ResNet-18 (and MobileNetV2), 4 segments, 64 px, 5 classes."""
+"""Tiny trained-scale TSMs shared by the export tests: ResNet-10 (and MobileNetV2), 4 segments, 64 px, 5 classes."""
 
 import numpy as np
 import pytest
@@ -14,7 +14,7 @@ def tiny_tsm():
     from tsm_keras import build_tsm
 
     keras.utils.set_random_seed(0)
-    model = build_tsm(len(LABELS), num_segments=NUM_SEGMENTS, backbone="resnet18", image_size=IMAGE_SIZE,
+    model = build_tsm(len(LABELS), num_segments=NUM_SEGMENTS, backbone="resnet10", image_size=IMAGE_SIZE,
                       dropout=0.0, normalize_input=True)
     return scale_head(model)
 

@@ -125,7 +125,7 @@ def test_normalization_in_graph_for_a_model_that_does_not_normalize(tiny_tsm, cl
     from tsm_keras import build_tsm
     from tsm_keras.export.saved_model import export_saved_model
 
-    bare = build_tsm(len(LABELS), num_segments=NUM_SEGMENTS, backbone="resnet18", image_size=IMAGE_SIZE,
+    bare = build_tsm(len(LABELS), num_segments=NUM_SEGMENTS, backbone="resnet10", image_size=IMAGE_SIZE,
                      dropout=0.0, normalize_input=False)
     bare.set_weights(tiny_tsm.get_weights())
     path = export_saved_model(bare, str(tmp_path / "bare"), label_names=LABELS, scale_size=SCALE_SIZE)

@@ -1,6 +1,6 @@
 """The training loop end to end on tiny inputs: train + eval, strategies, kill -9 + resume, precisions.
 
-ResNet-18 TSM, 4 segments x 32 px, two time-reversed classes (tests/training/fake_data.py).
+ResNet-10 TSM, 4 segments x 32 px, two time-reversed classes (tests/training/fake_data.py).
 Strategy and kill tests run the loop in subprocesses (logical CPU devices and TF_CONFIG must be set
 before TensorFlow starts).
 """
@@ -31,7 +31,7 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 
 
 def _config(model_dir, **changes):
-    values = dict(model_dir=str(model_dir), data_format="synthetic", backbone="resnet18", num_classes=2,
+    values = dict(model_dir=str(model_dir), data_format="synthetic", backbone="resnet10", num_classes=2,
                   num_segments=4, image_size=32, scale_size=32, batch_size=4, lr=0.02, lr_values=[0.02],
                   lr_boundaries=[], lr_batch_size=0, epochs=2, steps_per_epoch=4, dropout=0.0,
                   strategy="one_device", checkpoint_every=0, validate=True, seed=0)
@@ -405,7 +405,7 @@ def test_sync_bn_mirrored_gives_the_moving_statistics_of_one_device_on_the_whole
     synced = _config(tmp_path / "synced", strategy="mirrored", sync_bn=True, **small)
     local = _config(tmp_path / "local", strategy="mirrored", **small)
     outputs = _run_together(*[(config, "--logical_cpus=2") for config in (single, synced, local)])
-    assert "sync_bn: 20 BatchNorm layers use statistics over all 2 replicas" in outputs[1]
+    assert "sync_bn: 12 BatchNorm layers use statistics over all 2 replicas" in outputs[1]
     names = [v.path for v in build_tsm(**single.model_kwargs(normalize_input=True)).weights]
     initial = _initial_weights(single)
     worst_synced = worst_local = 0.0

@@ -19,7 +19,7 @@ def test_train_with_all_recipe_flags_records_them(tmp_path):
     ensure_synthetic_dataset(root, seed=0, train_per_class=1, val_per_class=1, num_frames=8, frame_size=48)
     model_dir = tmp_path / "run"
     argv = [sys.executable, os.path.join(REPO, "app.py"), "--mode=train", f"--model_dir={model_dir}",
-            "--data_format=synthetic", f"--data_root={root}", "--num_classes=8", "--backbone=resnet18",
+            "--data_format=synthetic", f"--data_root={root}", "--num_classes=8", "--backbone=resnet10",
             "--num_segments=2", "--image_size=32", "--scale_size=32", "--batch_size=4", "--lr_batch_size=0",
             "--lr=0.01", "--lr_values=0.01", "--lr_boundaries=", "--epochs=2", "--steps_per_epoch=2",
             "--dropout=0", "--strategy=one_device", "--precision=float32", "--checkpoint_every=0", "--novalidate",
@@ -30,8 +30,8 @@ def test_train_with_all_recipe_flags_records_them(tmp_path):
     assert run.returncode == 0, output[-3000:]
     config = json.loads((model_dir / "config.json").read_text())
     assert {name: config[name] for name in RECIPE_FLAGS} == RECIPE_FLAGS
-    # Precise BN after epoch 1 (0-based 0 % 1 == 0) and after the last, 20 BatchNorms of ResNet-18.
-    assert output.count("precise BN: 20 BatchNorm layers' statistics from 2 training batches") == 2
+    # Precise BN after epoch 1 (0-based 0 % 1 == 0) and after the last, 12 BatchNorms of ResNet-10.
+    assert output.count("precise BN: 12 BatchNorm layers' statistics from 2 training batches") == 2
     records = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2] and all("precise_bn_seconds" in r for r in records)
     assert all(0.0 <= r["train_top1"] <= 1.0 and r["train_loss"] > 0 for r in records)
@@ -42,7 +42,7 @@ def _run_fake(tmp_path, name, **changes):
     """tests/training/run_train.py on the fake data over two logical CPUs with a mirrored strategy."""
     from tsm_keras.config import Config
 
-    values = dict(model_dir=str(tmp_path / name), data_format="synthetic", backbone="resnet18", num_classes=2,
+    values = dict(model_dir=str(tmp_path / name), data_format="synthetic", backbone="resnet10", num_classes=2,
                   num_segments=2, image_size=32, scale_size=32, batch_size=4, lr=0.01, lr_values=[0.01],
                   lr_boundaries=[], lr_batch_size=0, epochs=1, steps_per_epoch=2, dropout=0.0, strategy="mirrored",
                   checkpoint_every=0, validate=False, precision="float32", seed=0)
