@@ -118,8 +118,8 @@ flags.DEFINE_string("frames_dir", "", "prepare: extract the videos of --train_li
 
 # Model.
 flags.DEFINE_enum("backbone", "resnet50",
-                  ["resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet50_vd", "resnet101_vd", "mobilenetv2",
-                   "mobilenetv2_paddle"],
+                  ["resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet50_vd", "resnet101_vd",
+                   "mobilenetv2", "mobilenetv2_paddle"],
                   "Backbone (the _vd ones: PP-TSM's ResNet-vd with ppTSMHead's N(0, 0.01) classifier init; "
                   "mobilenetv2: the official MobileNetV2-TSM; mobilenetv2_paddle: PaddleVideo's ppTSM_mv2).")
 flags.DEFINE_enum("shift", "bidirectional", ["bidirectional", "unidirectional", "none"], "Temporal shift (none = TSN).")

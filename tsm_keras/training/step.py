@@ -71,11 +71,12 @@ def make_statistics_sync(strategy, model):
     """
     if strategy.num_replicas_in_sync == 1:
         return None
-    import keras
     import tensorflow as tf
 
-    variables = [variable for layer in model._flatten_layers(include_self=False, recursive=True)
-                 if isinstance(layer, keras.layers.BatchNormalization)
+    from tsm_keras.training.precise_bn import batch_norm_layers
+
+    # Frozen BatchNorms never update their statistics, so their copies cannot drift.
+    variables = [variable for layer in batch_norm_layers(model)
                  for variable in (layer.moving_mean, layer.moving_variance)]
     if not variables:
         return None
