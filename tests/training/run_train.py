@@ -1,6 +1,9 @@
 """Run `tsm_keras.training.loop.train` on the fake data in a fresh process (tests of strategies, kill/resume).
 
-usage: python run_train.py CONFIG_JSON [--logical_cpus=N] [--eval]  (--eval: `evaluate` instead of `train`)
+usage: python run_train.py CONFIG_JSON [--logical_cpus=N] [--eval] [--sigterm_after_step=N]
+  --eval: `evaluate` instead of `train`.
+  --sigterm_after_step=N: the process sends itself SIGTERM as step N is reported (so the loop stops after
+    exactly that step), then trains again in the same process, resuming from the checkpoint it wrote.
 """
 
 import json
@@ -28,7 +31,30 @@ def main():
 
     if "--eval" in sys.argv[2:]:
         return run_eval(Config(**values), data=fake_data)
+    stop_at = [int(a.split("=")[1]) for a in sys.argv[2:] if a.startswith("--sigterm_after_step=")]
+    if not stop_at:
+        return run_train(Config(**values), data=fake_data)
+    _sigterm_after_step(stop_at[0])
+    status = run_train(Config(**values), data=fake_data)
+    if status != 75:
+        return f"expected the preempted status 75 after step {stop_at[0]}, got {status}"
     return run_train(Config(**values), data=fake_data)
+
+
+def _sigterm_after_step(step):
+    """SIGTERM to this process when the loop reports global step `step` (its handler runs before the
+    loop asks whether to stop)."""
+    import signal
+
+    from tsm_keras.training import loop
+
+    class Progress(loop.Progress):
+        def update(self, done, *args):
+            super().update(done, *args)
+            if self.epoch * self.steps + done == step:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    loop.Progress = Progress
 
 
 if __name__ == "__main__":

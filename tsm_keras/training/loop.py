@@ -174,8 +174,10 @@ def train(config, *, data=None, stop_after_steps=None):
                 saved = chief and periodic
                 if saved:
                     manager.save(step, dict(epoch=epoch, best_val_top1=best_top1, last_val=last_val))
-                if stop.requested():
+                if stop.requested():  # the same answer on every worker (all-reduced), after the same step
                     progress.close()
+                    if sync_statistics and not periodic:
+                        sync_statistics()  # the checkpoint a preempted run resumes from holds the replicas' mean
                     _save_and_stop(stop, manager, step, epoch, steps_per_epoch, chief and not saved,
                                    dict(epoch=epoch, best_val_top1=best_top1, last_val=last_val))
                 if stop_after_steps is not None and steps_this_call >= stop_after_steps:
