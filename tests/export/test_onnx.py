@@ -155,3 +155,58 @@ def test_mobilenetv2_onnx_matches_keras_with_standard_ops(tiny_mobilenet_tsm, cl
     logits = onnxruntime_session(path).run(["logits"], {"clips": clips})[0]
     expected = tiny_mobilenet_tsm(clips, training=False).numpy()
     np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4 * np.abs(expected).max())
+
+
+class _FailingOptimizer:
+    """A tf2onnx optimizer pass (what its optimizer loop calls) that raises: what `convert_function` must survive."""
+
+    graph_been_opt = False
+
+    def optimize(self, graph, iteration):
+        raise RuntimeError("this pass always fails")
+
+
+def test_optimizers_in_place_give_the_default_conversion_and_a_failing_pass_falls_back(monkeypatch, caplog):
+    """`convert_function` runs tf2onnx's optimizers on the graph itself instead of on a copy each: the same
+    operators and outputs as tf2onnx's default conversion. A pass that fails makes it convert again with the
+    copies, which skip that pass."""
+    import collections
+    import logging
+    import os
+
+    import keras
+    import onnxruntime
+    import tensorflow as tf
+    import tf2onnx
+
+    from tsm_keras.export.onnx import convert_function
+
+    assert "TF2ONNX_CATCH_ERRORS" not in os.environ
+    # NHWC convs with BatchNorm and ReLU between: tf2onnx's transpose and fusion passes all have work to do.
+    model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(8, 3, use_bias=False),
+                              keras.layers.BatchNormalization(), keras.layers.ReLU(),
+                              keras.layers.Conv2D(8, 3, strides=2), keras.layers.ReLU(),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
+    spec = tf.TensorSpec([None, 16, 16, 3], tf.float32, name="images")
+    images = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype(np.float32)
+
+    @tf.function(input_signature=[spec])
+    def logits(x):
+        return {"logits": tf.identity(model(x, training=False), name="logits")}
+
+    def summary(proto):
+        session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        return collections.Counter(node.op_type for node in proto.graph.node), session.run(None, {"images": images})[0]
+
+    default_ops, default_logits = summary(tf2onnx.convert.from_function(logits, input_signature=[spec], opset=17)[0])
+    in_place_ops, in_place_logits = summary(convert_function(logits, [spec], 17))
+    assert "TF2ONNX_CATCH_ERRORS" not in os.environ  # set for the conversion only
+    assert in_place_ops == default_ops and default_ops["Conv"] == 2 and "BatchNormalization" not in default_ops
+    np.testing.assert_array_equal(in_place_logits, default_logits)
+
+    monkeypatch.setitem(tf2onnx.optimizer._optimizers, "always_fails", _FailingOptimizer)
+    with caplog.at_level(logging.WARNING, logger="tsm_keras.export.onnx"):
+        fallback_ops, fallback_logits = summary(convert_function(logits, [spec], 17))
+    assert "an optimizer failed in place (RuntimeError: this pass always fails)" in caplog.text
+    assert fallback_ops == default_ops
+    np.testing.assert_array_equal(fallback_logits, default_logits)

@@ -199,9 +199,9 @@ class TFLiteStreamingRunner:
 def export_streaming_onnx(model, path, opset=None, image_size=None, fold_batchnorm=True):
     """Write the batch-1 streaming step as ONNX at `path`; return `path`. Outputs: logits, probabilities,
     new_<state name> for each state."""
-    from tsm_keras.export.onnx import DEFAULT_OPSET, _require_tf2onnx
+    from tsm_keras.export.onnx import DEFAULT_OPSET, _require_tf2onnx, convert_function
 
-    tf2onnx = _require_tf2onnx()
+    _require_tf2onnx()
     stream, image_size = streaming_form(model, image_size, fold_batchnorm)
     names = list(stream.state_names)
     step = _step(stream, names)
@@ -218,6 +218,5 @@ def export_streaming_onnx(model, path, opset=None, image_size=None, fold_batchno
             outputs[new_name] = tf.identity(new_states[name], name=new_name)
         return outputs
 
-    tf2onnx.convert.from_function(call, input_signature=signature, opset=opset or DEFAULT_OPSET,
-                                  output_path=str(path))
+    convert_function(call, signature, opset or DEFAULT_OPSET, output_path=str(path))
     return path
