@@ -34,7 +34,7 @@ def train(config, *, data=None, stop_after_steps=None):
 
     `data`: the data contract (`tsm_keras.data`: `build_dataset`, `load_label_names`, `num_samples`,
     optionally `BAD_SAMPLES`). `stop_after_steps`: return after this many steps of this call (tests of
-    resuming). Returns the final metrics dict (val metrics, or the last epoch's train metrics without
+    resuming; 0: once the run is set up -- run files written, model built, weights loaded). Returns the final metrics dict (val metrics, or the last epoch's train metrics without
     a val split; None when stopped early).
     """
     import keras
@@ -108,6 +108,8 @@ def train(config, *, data=None, stop_after_steps=None):
 
         init_from_pretrained(model, config.pretrained)
     state = state or {}
+    if stop_after_steps == 0:
+        return None
     step = int(optimizer.iterations.numpy())
     best_top1 = state.get("best_val_top1", -1.0)
     if step:
