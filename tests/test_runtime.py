@@ -122,15 +122,21 @@ def _app_child(env_changes, *args):
              "    print('FROZEN', os.environ.get('TF_ONEDNN_ASSUME_FROZEN_WEIGHTS'), flush=True)\n"
              "    print('STATE', runtime.onednn_state(), flush=True)\n"
              "atexit.register(report)\n"
-             f"sys.argv = [{os.path.join(REPO, 'app.py')!r}, '--mode=summary', '--backbone=resnet18',"
+             f"sys.argv = [{os.path.join(REPO, 'app.py')!r}, '--mode=summary', '--backbone=resnet10',"
              " '--num_segments=2', '--image_size=32', '--num_classes=4', *sys.argv[1:]]\n"
              "runpy.run_path(sys.argv[0], run_name='__main__')\n")
     return subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, env=env,
                           cwd=REPO, timeout=300)
 
 
-def test_app_turns_onednn_on_and_hides_tensorflow_startup_lines():
-    run = _app_child({})
+@pytest.fixture(scope="module")
+def default_child():
+    """`_app_child({})`: what a user who set none of the variables gets (shared by two tests)."""
+    return _app_child({})
+
+
+def test_app_turns_onednn_on_and_hides_tensorflow_startup_lines(default_child):
+    run = default_child
     assert run.returncode == 0, run.stderr
     assert "ONEDNN 1 True" in run.stdout
     # TensorFlow's INFO start-up lines, its pre-logging banner and (with no NVIDIA driver) the cuInit error.
@@ -140,8 +146,8 @@ def test_app_turns_onednn_on_and_hides_tensorflow_startup_lines():
         assert "cuInit" not in run.stderr, run.stderr
 
 
-def test_app_assumes_frozen_weights_for_predict_only_and_keeps_the_users_choice():
-    run = _app_child({})  # --mode=summary
+def test_app_assumes_frozen_weights_for_predict_only_and_keeps_the_users_choice(default_child):
+    run = default_child  # --mode=summary
     assert "FROZEN None" in run.stdout and "frozen" not in run.stdout.split("STATE", 1)[1]
     run = _app_child({}, "--mode=predict")  # no run folder: an error, after TensorFlow loaded with the variable
     assert run.returncode == 2 and "no such SavedModel, run folder" in run.stderr, run.stderr[-2000:]

@@ -54,18 +54,6 @@ def _run(config, *extra, env=None, wait=True):
     return output
 
 
-def _run_together(*runs, env=None):
-    """`_run` of each `(config, *extra)` at once (independent processes: their TensorFlow imports and
-    tracing overlap); their outputs in order."""
-    processes = [_run(config, *extra, env=env, wait=False) for config, *extra in runs]
-    outputs = []
-    for process in processes:
-        output, _ = process.communicate(timeout=600)
-        assert process.returncode == 0, output[-3000:]
-        outputs.append(output)
-    return outputs
-
-
 def _weights(config, path=None):
     model = build_tsm(**config.model_kwargs(normalize_input=True))
     model.load_weights(path or os.path.join(config.model_dir, "model.weights.h5"))
@@ -130,7 +118,10 @@ def test_mirrored_over_two_logical_cpus_matches_one_device(tmp_path):
     small = dict(epochs=1, validate=False, lr=1e-4, lr_values=[1e-4])
     single = _config(tmp_path / "single", **small)
     mirrored = _config(tmp_path / "mirrored", strategy="mirrored", **small)
-    _, output = _run_together((single, "--logical_cpus=2"), (mirrored, "--logical_cpus=2"), env=env)
+    process = _run(mirrored, "--logical_cpus=2", env=env, wait=False)
+    _train_in_this_process(single, env)  # while the mirrored run starts
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output[-3000:]
     assert "top1=" in output
     if platform.machine().lower() in ("x86_64", "amd64"):  # the runner imports tsm_keras before TensorFlow
         assert "oneDNN: on (" in output, output[:2000]
@@ -146,6 +137,21 @@ def test_mirrored_over_two_logical_cpus_matches_one_device(tmp_path):
     assert moved > 50
 
 
+def _train_in_this_process(config, env):
+    """`train(config)` on the fake data here, with `env`'s variables set for the run (one device: no logical
+    CPUs to configure, so no process of its own to start)."""
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        train(config, data=fake_data)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                del os.environ[key]
+            else:
+                os.environ[key] = value
+
+
 def _single_device_metrics(config, num_val):
     """Metrics of the run's final weights on the fake validation list, on one device, in this process."""
     os.environ["FAKE_NUM_VAL"] = str(num_val)
@@ -158,8 +164,13 @@ def _single_device_metrics(config, num_val):
 
 def test_mirrored_validation_runs_on_every_replica_and_matches_one_device(tmp_path):
     # 13 clips, batches of 4 over 2 replicas: the last global batch is partial (one clip, one replica empty).
-    config = _config(tmp_path / "mirrored", strategy="mirrored", epochs=1, steps_per_epoch=2)
+    # The recipe's label smoothing and mixup (per replica) train under the strategy on the way.
+    config = _config(tmp_path / "mirrored", strategy="mirrored", epochs=1, steps_per_epoch=2, label_smoothing=0.1,
+                     mixup_alpha=0.2)
     output = _run(config, "--logical_cpus=2", env={"FAKE_NUM_VAL": "13"})
+    with open(os.path.join(config.model_dir, "metrics.jsonl")) as f:
+        record = json.loads(f.read().splitlines()[-1])
+    assert 0.0 < record["train_loss"] < 10.0 and 0.0 <= record["train_top1"] <= 1.0
     with open(os.path.join(config.model_dir, "eval_metrics.json")) as f:
         distributed = json.load(f)
     single = _single_device_metrics(config, 13)
@@ -405,10 +416,16 @@ def test_sync_bn_mirrored_gives_the_moving_statistics_of_one_device_on_the_whole
     synced = _config(tmp_path / "synced", strategy="mirrored", sync_bn=True, **small)
     local = _config(tmp_path / "local", strategy="mirrored", **small)
     # The per-replica run is preempted after step 1 and resumes from its checkpoint (in the same process).
-    outputs = _run_together((single, "--logical_cpus=2"), (synced, "--logical_cpus=2"),
-                            (local, "--logical_cpus=2", "--sigterm_after_step=1"))
-    assert "sync_bn: 12 BatchNorm layers use statistics over all 2 replicas" in outputs[1]
-    assert "stopped by SIGTERM after step 1" in outputs[2] and "at step 1" in outputs[2], outputs[2][-3000:]
+    processes = [_run(synced, "--logical_cpus=2", wait=False),
+                 _run(local, "--logical_cpus=2", "--sigterm_after_step=1", wait=False)]
+    _train_in_this_process(single, {})
+    outputs = []
+    for process in processes:
+        output, _ = process.communicate(timeout=600)
+        assert process.returncode == 0, output[-3000:]
+        outputs.append(output)
+    assert "sync_bn: 12 BatchNorm layers use statistics over all 2 replicas" in outputs[0]
+    assert "stopped by SIGTERM after step 1" in outputs[1] and "at step 1" in outputs[1], outputs[1][-3000:]
     names = [v.path for v in build_tsm(**single.model_kwargs(normalize_input=True)).weights]
     initial = _initial_weights(single)
     worst = dict(synced=0.0, local=0.0, local_stem=0.0)
