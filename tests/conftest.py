@@ -11,24 +11,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import trained_looking  # noqa: E402
 
 
-# Modules whose tests start training processes or convert whole networks (10-30 s each), run first. On two
-# xdist workers the collection order (tests/training/ last, alphabetically) left these for the end, one worker
-# idle while the other finished them.
-SLOW_MODULES = ("training/test_loop.py", "export/test_onnx.py", "export/test_streaming_exports.py",
-                "export/test_saved_model.py", "convert/test_keras_applications.py", "training/test_recipe_flags.py",
-                "test_runtime.py", "test_run_lock.py", "test_predict.py", "test_predict_online.py")
-
-
-def pytest_collection_modifyitems(session, config, items):
-    here = os.path.dirname(os.path.abspath(__file__))
-
-    def rank(item):
-        path = os.path.relpath(str(item.path), here).replace(os.sep, "/")
-        return SLOW_MODULES.index(path) if path in SLOW_MODULES else len(SLOW_MODULES)
-
-    items.sort(key=rank)  # stable: each module keeps its own order
-
-
 @pytest.fixture(autouse=True)
 def _float32_policy():
     """Every test starts and ends under float32, whatever policy it sets."""
