@@ -47,8 +47,11 @@ def _run(config, *extra, env=None, wait=True):
     full_env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {}))
     process = subprocess.Popen([sys.executable, RUNNER, path, *extra], env=full_env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
-    if not wait:
-        return process
+    return _finish(process) if wait else process
+
+
+def _finish(process):
+    """The output of a `_run(..., wait=False)` process, once it has ended successfully."""
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output[-3000:]
     return output
@@ -110,7 +113,7 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
         train(config, data=fake_data)
 
 
-def test_mirrored_over_two_logical_cpus_matches_one_device(tmp_path):
+def test_mirrored_over_two_logical_cpus_matches_one_device(tmp_path, monkeypatch):
     # Every global batch holds one clip 4 times: per-replica BatchNorm statistics (2 clips) then equal
     # the single device's (4 clips), so any difference would come from the gradient aggregation.
     env = {"FAKE_REPEAT_EACH": "4"}
@@ -119,9 +122,10 @@ def test_mirrored_over_two_logical_cpus_matches_one_device(tmp_path):
     single = _config(tmp_path / "single", **small)
     mirrored = _config(tmp_path / "mirrored", strategy="mirrored", **small)
     process = _run(mirrored, "--logical_cpus=2", env=env, wait=False)
-    _train_in_this_process(single, env)  # while the mirrored run starts
-    output, _ = process.communicate(timeout=600)
-    assert process.returncode == 0, output[-3000:]
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    train(single, data=fake_data)  # one device: in this process, while the mirrored run starts
+    output = _finish(process)
     assert "top1=" in output
     if platform.machine().lower() in ("x86_64", "amd64"):  # the runner imports tsm_keras before TensorFlow
         assert "oneDNN: on (" in output, output[:2000]
@@ -135,21 +139,6 @@ def test_mirrored_over_two_logical_cpus_matches_one_device(tmp_path):
         moved += scale > 0
         np.testing.assert_allclose(step_b, step_a, rtol=0, atol=1e-2 * scale + 1e-7, err_msg=name)
     assert moved > 50
-
-
-def _train_in_this_process(config, env):
-    """`train(config)` on the fake data here, with `env`'s variables set for the run (one device: no logical
-    CPUs to configure, so no process of its own to start)."""
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    try:
-        train(config, data=fake_data)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                del os.environ[key]
-            else:
-                os.environ[key] = value
 
 
 def _single_device_metrics(config, num_val):
@@ -215,8 +204,7 @@ def uninterrupted(tmp_path_factory):
 
     def final_weights():
         if not weights:
-            output, _ = process.communicate(timeout=600)
-            assert process.returncode == 0, output[-3000:]
+            _finish(process)
             weights.append(_weights(config))
         return weights[0]
 
@@ -247,11 +235,7 @@ def test_two_process_multi_worker_completes_and_workers_agree(tmp_path):
     for index in range(2):
         tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
         processes.append(_run(config, env={"TF_CONFIG": tf_config, "FAKE_NUM_VAL": "13"}, wait=False))
-    outputs = []
-    for process in processes:
-        output, _ = process.communicate(timeout=600)
-        outputs.append(output)
-        assert process.returncode == 0, output[-3000:]
+    outputs = [_finish(process) for process in processes]
     finals = [[line for line in out.splitlines() if line.startswith("top1=")][-1] for out in outputs]
     assert finals[0] == finals[1]
     single = _single_device_metrics(config, 13)
@@ -418,12 +402,8 @@ def test_sync_bn_mirrored_gives_the_moving_statistics_of_one_device_on_the_whole
     # The per-replica run is preempted after step 1 and resumes from its checkpoint (in the same process).
     processes = [_run(synced, "--logical_cpus=2", wait=False),
                  _run(local, "--logical_cpus=2", "--sigterm_after_step=1", wait=False)]
-    _train_in_this_process(single, {})
-    outputs = []
-    for process in processes:
-        output, _ = process.communicate(timeout=600)
-        assert process.returncode == 0, output[-3000:]
-        outputs.append(output)
+    train(single, data=fake_data)  # one device: in this process
+    outputs = [_finish(process) for process in processes]
     assert "sync_bn: 12 BatchNorm layers use statistics over all 2 replicas" in outputs[0]
     assert "stopped by SIGTERM after step 1" in outputs[1] and "at step 1" in outputs[1], outputs[1][-3000:]
     names = [v.path for v in build_tsm(**single.model_kwargs(normalize_input=True)).weights]

@@ -50,21 +50,23 @@ def convert_function(function, input_signature, opset, output_path=None):
     import os
 
     tf2onnx = _require_tf2onnx()
+
+    def convert():
+        return tf2onnx.convert.from_function(function, input_signature=input_signature, opset=opset,
+                                             output_path=output_path)[0]
+
     key = "TF2ONNX_CATCH_ERRORS"
     if key in os.environ:  # the user's choice
-        return tf2onnx.convert.from_function(function, input_signature=input_signature, opset=opset,
-                                             output_path=output_path)[0]
+        return convert()
     os.environ[key] = "FALSE"
     try:
-        return tf2onnx.convert.from_function(function, input_signature=input_signature, opset=opset,
-                                             output_path=output_path)[0]
+        return convert()
     except Exception as error:  # noqa: BLE001  a pass failed on the graph itself: start over with copies
         logging.getLogger(__name__).warning("tf2onnx: an optimizer failed in place (%s: %s); converting again "
                                             "with a copy of the graph per optimizer", type(error).__name__, error)
     finally:
         del os.environ[key]
-    return tf2onnx.convert.from_function(function, input_signature=input_signature, opset=opset,
-                                         output_path=output_path)[0]
+    return convert()
 
 
 def export_onnx(model, path, opset=DEFAULT_OPSET, batch_size=None, fold_batchnorm=True):

@@ -34,8 +34,9 @@ def train(config, *, data=None, stop_after_steps=None):
 
     `data`: the data contract (`tsm_keras.data`: `build_dataset`, `load_label_names`, `num_samples`,
     optionally `BAD_SAMPLES`). `stop_after_steps`: return after this many steps of this call (tests of
-    resuming; 0: once the run is set up -- run files written, model built, weights loaded). Returns the final metrics dict (val metrics, or the last epoch's train metrics without
-    a val split; None when stopped early).
+    resuming; 0: once the run is set up -- run files written, model built, weights loaded). Returns the
+    final metrics dict (val metrics, or the last epoch's train metrics without a val split; None when
+    stopped early).
     """
     import keras
     import tensorflow as tf

@@ -64,7 +64,8 @@ def make_statistics_sync(strategy, model):
     TensorFlow keeps one copy of these variables a replica (they are not aggregated), so the copies drift
     apart: validation on several replicas would use different statistics on each, and the weights saved (the
     first replica's) would not be the model that was validated. The loop calls it at each epoch's end and
-    before each periodic checkpoint, on every worker at the same step (it is a collective). Over equal shards
+    before each checkpoint (periodic, or written on a stop signal), on every worker at the same step (it is
+    a collective). Over equal shards
     the mean of the moving means is what one device would track from the same activations; the mean of the
     moving variances leaves out the spread between the shards' means, as each per-replica variance does.
     PyTorch's DDP copies rank 0's buffers to every rank instead; the mean uses every replica's data.
