@@ -68,6 +68,7 @@ from absl import app, flags  # noqa: E402
 
 from tsm_keras.config import config_from_flags  # noqa: E402  (importing tsm_keras loads TensorFlow)
 from tsm_keras.modes import MODES, dispatch  # noqa: E402
+from tsm_keras.runtime import skip_exit_collection  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 QUICKSTART = os.path.join(HERE, "flags", "quickstart.flags")
@@ -218,4 +219,5 @@ def main(argv):
 if __name__ == "__main__":
     if len(sys.argv) == 1:
         sys.argv.append(f"--flagfile={QUICKSTART}")
+    skip_exit_collection()
     app.run(main)

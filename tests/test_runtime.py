@@ -115,9 +115,10 @@ def _app_child(env_changes, *args):
     env = {k: v for k, v in os.environ.items()
            if k not in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL", "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS")}
     env.update(env_changes)
-    probe = ("import atexit, os, runpy, sys\n"
+    probe = ("import atexit, gc, os, runpy, sys\n"
              "def report():\n"
              "    from tsm_keras import runtime\n"
+             "    print('EXIT_COLLECTION_SKIPPED', gc.get_freeze_count() > 0, flush=True)\n"
              "    print('ONEDNN', os.environ.get('TF_ENABLE_ONEDNN_OPTS'), runtime.onednn_enabled(), flush=True)\n"
              "    print('FROZEN', os.environ.get('TF_ONEDNN_ASSUME_FROZEN_WEIGHTS'), flush=True)\n"
              "    print('STATE', runtime.onednn_state(), flush=True)\n"
@@ -131,7 +132,7 @@ def _app_child(env_changes, *args):
 
 @pytest.fixture(scope="module")
 def default_child():
-    """`_app_child({})`: what a user who set none of the variables gets (shared by two tests)."""
+    """`_app_child({})`: what a user who set none of the variables gets (shared by three tests)."""
     return _app_child({})
 
 
@@ -144,6 +145,14 @@ def test_app_turns_onednn_on_and_hides_tensorflow_startup_lines(default_child):
         assert noise not in run.stderr, run.stderr
     if not os.path.exists("/proc/driver/nvidia"):
         assert "cuInit" not in run.stderr, run.stderr
+
+
+def test_app_skips_the_exit_collection(default_child):
+    # app.py freezes the objects alive at exit (gc.freeze, after the probe's exit hook was registered, so
+    # before it runs): the teardown skips its garbage collections (benchmarks/exit_speed.py).
+    run = default_child
+    assert run.returncode == 0, run.stderr
+    assert "EXIT_COLLECTION_SKIPPED True" in run.stdout
 
 
 def test_app_assumes_frozen_weights_for_predict_only_and_keeps_the_users_choice(default_child):
