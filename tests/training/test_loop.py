@@ -359,7 +359,23 @@ def _interrupt(tmp_path, signum):
     assert sorted(os.listdir(checkpoints))[-1] == f"ckpt-{step:09d}"
     assert os.path.exists(checkpoints / f"ckpt-{step:09d}" / "state.json")  # complete
     assert not os.path.exists(tmp_path / "interrupted" / ".lock")
+    # TensorBoard's writer keeps scalars up to 2 minutes before writing them: the stop closes it, so step 1's
+    # are on disk (the writer flushes by itself only at epochs' ends).
+    assert ("train/loss", 1) in _logged_scalars(tmp_path / "interrupted"), output[-3000:]
     return config, step
+
+
+def _logged_scalars(run):
+    """{(tag, step)} of the run's TensorBoard event files."""
+    import tensorflow as tf
+    from tensorflow.core.util import event_pb2
+
+    found = set()
+    for name in os.listdir(run / "tensorboard"):
+        for record in tf.data.TFRecordDataset(str(run / "tensorboard" / name)):
+            event = event_pb2.Event.FromString(record.numpy())
+            found.update((value.tag, event.step) for value in event.summary.value)
+    return found
 
 
 def test_sigterm_mid_epoch_checkpoints_exits_75_and_the_rerun_ends_with_the_same_weights(tmp_path, uninterrupted):

@@ -11,6 +11,7 @@ written once here and serves one device, mirrored devices and many workers alike
 What the run folder receives is `tsm_keras.runs`' layout.
 """
 
+import contextlib
 import math
 import os
 import time
@@ -127,8 +128,9 @@ def train(config, *, data=None, stop_after_steps=None):
     last_val = state.get("last_val")
     record = {}
     final = None  # the last epoch's validation, if it runs
-    # SIGTERM/SIGINT set a flag the loop reads after each step (training.preemption).
-    with StopRequest(strategy) as stop:
+    # SIGTERM/SIGINT set a flag the loop reads after each step (training.preemption). The summary writer is
+    # closed (flushed) however the loop ends: a stop, a non-finite loss, an error.
+    with StopRequest(strategy) as stop, contextlib.closing(writer) if chief else contextlib.nullcontext():
         for epoch in range(step // steps_per_epoch, config.epochs):
             skip = step - epoch * steps_per_epoch
             progress = Progress(epoch, config.epochs, steps_per_epoch, skip, global_batch)
