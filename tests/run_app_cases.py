@@ -56,6 +56,7 @@ def main():
         cases = json.load(f)
     import app
 
+    app.skip_exit_collection()  # as app.py's __main__ does
     results = {name: _captured(app, argv) for name, argv in cases.items()}
     with open(sys.argv[2], "w") as f:
         json.dump(results, f)

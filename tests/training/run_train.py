@@ -21,6 +21,8 @@ def main():
     import tsm_keras  # noqa: F401  first: it turns oneDNN on, which it cannot once TensorFlow is loaded
     import tensorflow as tf
 
+    tsm_keras.runtime.skip_exit_collection()  # as app.py: ends 0.7 s sooner
+
     if logical:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
