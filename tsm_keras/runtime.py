@@ -234,7 +234,7 @@ class quiet_tensorflow_startup:
 def skip_exit_collection():
     """Spare this process the garbage collections of the interpreter's teardown, for scripts that end.
 
-    With TensorFlow and Keras loaded, CPython's teardown spends most of its time (0.75 s of 0.8 s on a Zen 4,
+    With TensorFlow and Keras loaded, CPython's teardown spends most of its time (0.6-0.75 s of 0.65-0.8 s on a Zen 4,
     `benchmarks/exit_speed.py`) in cyclic garbage collections over their module graphs. `gc.freeze()` in an exit
     hook moves every object still alive into the permanent generation, which those collections skip; exit hooks
     still run and reference counting still frees what it can. What changes: objects that only a reference cycle

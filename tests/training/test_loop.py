@@ -360,7 +360,7 @@ def _interrupt(tmp_path, signum):
     assert os.path.exists(checkpoints / f"ckpt-{step:09d}" / "state.json")  # complete
     assert not os.path.exists(tmp_path / "interrupted" / ".lock")
     # TensorBoard's writer keeps scalars up to 2 minutes before writing them: the stop closes it, so step 1's
-    # are on disk (the writer flushes by itself only at epochs' ends).
+    # are on disk (the loop flushes it only at epochs' ends).
     assert ("train/loss", 1) in _logged_scalars(tmp_path / "interrupted"), output[-3000:]
     return config, step
 
