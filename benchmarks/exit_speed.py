@@ -14,9 +14,10 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
+
+from child_process import run_json_child
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -45,20 +46,15 @@ def main():
         return run_child(args)
     from tsm_keras import runtime
 
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     runs = {"teardown": [], "frozen": []}
     for _ in range(args.rounds):
         for name in runs:
             command = [sys.executable, os.path.abspath(__file__), f"--child={name}", f"--backbone={args.backbone}"]
             start = time.time()
-            done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+            record = run_json_child(command, timeout=600)
             end = time.time()
-            lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-            if done.returncode or not lines:
-                runs[name].append(dict(error=(done.stderr or done.stdout)[-1500:]))
-            else:
-                finished = json.loads(lines[-1])["done"]
-                runs[name].append(dict(exit_seconds=round(end - finished, 3), process_seconds=round(end - start, 3)))
+            runs[name].append(record if "error" in record else
+                              dict(exit_seconds=round(end - record["done"], 3), process_seconds=round(end - start, 3)))
             print(json.dumps({name: runs[name][-1]}), file=sys.stderr, flush=True)
     medians = {}
     for name, results in runs.items():

@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 
+from child_process import run_json_child
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 NUM_SEGMENTS, IMAGE_SIZE, SCALE_SIZE = 8, 224, 256
@@ -141,17 +143,10 @@ def time_paddlevideo(cache, data_format, seconds):
 
 
 def _child(kind, cache, data_format, seconds):
-    try:
-        # A child stalled once in ~20 runs (7 s of CPU in 10 min, cause not found): never wait forever.
-        run = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", kind, "--format", data_format,
-                              "--cache", cache, "--seconds", str(seconds)], capture_output=True, text=True,
-                             timeout=10 * seconds + 300)
-    except subprocess.TimeoutExpired:
-        return None, f"timed out after {10 * seconds + 300} s"
-    lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
-    if run.returncode != 0 or not lines:
-        return None, run.stderr[-800:]
-    return json.loads(lines[-1]), None
+    # A child stalled once in ~20 runs (7 s of CPU in 10 min, cause not found): never wait forever.
+    record = run_json_child([sys.executable, os.path.abspath(__file__), "--child", kind, "--format", data_format,
+                             "--cache", cache, "--seconds", str(seconds)], timeout=10 * seconds + 300)
+    return (None, record["error"]) if "error" in record else (record, None)
 
 
 def _versions():

@@ -74,6 +74,8 @@ import subprocess
 import sys
 import time
 
+from child_process import child_env, run_json_child
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 NUM_SEGMENTS, IMAGE_SIZE, NUM_CLASSES = 8, 224, 400
@@ -345,16 +347,11 @@ def worker(backend, cache, threads, warmup, iters):
 
 # ------------------------------------------------------------------------------------------- driver
 def run_child(backend, args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", OMP_NUM_THREADS=str(args.threads),
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = child_env(TF_CPP_MIN_LOG_LEVEL="3", OMP_NUM_THREADS=str(args.threads))
     env[FROZEN_WEIGHTS_ENV] = "1" if backend == "saved_model_frozen_weights" else "0"
     command = [sys.executable, os.path.abspath(__file__), "--worker", backend, "--cache", args.cache,
                "--threads", str(args.threads), "--warmup", str(args.warmup), "--iters", str(args.iters)]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
-    for line in reversed(result.stdout.splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    return {"backend": backend, "error": (result.stderr or result.stdout)[-1500:]}
+    return dict(dict(backend=backend), **run_json_child(command, env=env, timeout=1800))
 
 
 def machine(runtime):

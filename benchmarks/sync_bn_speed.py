@@ -13,9 +13,10 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
+
+from child_process import run_json_child
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -67,11 +68,7 @@ def main():
         for name in runs:
             command = [sys.executable, os.path.abspath(__file__), f"--child={name}", f"--backbone={args.backbone}",
                        f"--image_size={args.image_size}", f"--batch_size={args.batch_size}", f"--steps={args.steps}"]
-            env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-            done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600)
-            lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-            runs[name].append(json.loads(lines[-1]) if lines and not done.returncode else
-                              dict(error=(done.stderr or done.stdout)[-1500:]))
+            runs[name].append(run_json_child(command))
             print(json.dumps({name: runs[name][-1]}), file=sys.stderr, flush=True)
     medians = {name: statistics.median([r["clips_per_sec"] for r in results if "clips_per_sec" in r])
                for name, results in runs.items() if any("clips_per_sec" in r for r in results)}

@@ -22,10 +22,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+
+from child_process import run_json_child
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -150,12 +151,7 @@ def run_paddle(args):
 def _child(name, args):
     command = [sys.executable, os.path.abspath(__file__), f"--child={name}", f"--steps={args.steps}",
                f"--warmup={args.warmup}", f"--batch_size={args.batch_size}", f"--image_size={args.image_size}"]
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        return dict(error=(done.stderr or done.stdout)[-1500:])
-    return json.loads(lines[-1])
+    return run_json_child(command)
 
 
 def _versions():
