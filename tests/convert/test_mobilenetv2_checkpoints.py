@@ -87,6 +87,13 @@ def test_paddle_layout_errors(paddle_reference):
     with pytest.raises(ConversionError, match="backbone.conv4.conv4_9"):
         extra = {"backbone.conv4.conv4_9._linear_conv._conv.weight": np.zeros((1, 1, 1, 1))}
         convert_paddle_state(dict(state, **extra))
+    head = sorted((k for k in state if k in ("fc10_weights", "fc10_offset") or k.endswith(("out.weight", "out.bias"))),
+                  key=lambda k: state[k].ndim, reverse=True)
+    assert len(head) == 2, head
+    with pytest.raises(ConversionError, match="classifier has only its bias; need weight and bias"):
+        convert_paddle_state({k: v for k, v in state.items() if k != head[0]})
+    with pytest.raises(ConversionError, match=rf"weight \(1280, {CLASSES}\) and bias \(3,\) are not a Paddle Linear"):
+        convert_paddle_state(dict(state, **{head[1]: np.zeros(3, np.float32)}))
 
 
 def test_convert_mode_and_pretrained_take_pptsm_mv2(paddle_reference, tmp_path):
@@ -261,6 +268,10 @@ def test_official_layout_variants_and_errors():
         convert_torch_state(dict(official_state(5), **extra))
     with pytest.raises(ConversionError, match="backbone='mobilenetv2'"):
         assign_converted(build_tsm(5, backbone="mobilenetv2_paddle"), convert_torch_state(official_state(5)))
+    with pytest.raises(ConversionError, match="classifier has only its weight; need weight and bias"):
+        convert_torch_state({k: v for k, v in official_state(5).items() if k != "module.new_fc.bias"})
+    with pytest.raises(ConversionError, match=r"weight \(5, 1280\) and bias \(4,\) are not a PyTorch Linear"):
+        convert_torch_state(dict(official_state(5), **{"module.new_fc.bias": np.zeros(4, np.float32)}))
 
 
 # ---- with torch: the official model itself -------------------------------------------------------------

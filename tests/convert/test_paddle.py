@@ -6,6 +6,7 @@ Needs paddlepaddle and ppvideo (pip install --no-deps ppvideo==2.3.1); reading .
 import importlib.util
 import os
 import pickle
+import re
 import subprocess
 import sys
 
@@ -103,6 +104,12 @@ def test_unknown_missing_and_shape_errors(reference, tmp_path):
     wrong = dict(state, res2a_branch2b_weights=np.zeros((64, 64, 1, 1), np.float32))
     with pytest.raises(ConversionError, match="res2a_branch2b"):
         assign_converted(model, convert_paddle_state(wrong))
+    head = [k for k in state if k in ("fc_0.w_0", "fc_0.b_0") or re.match(r"^(head\.)?fc\.(weight|bias)$", k)]
+    weight, bias = sorted(head, key=lambda k: state[k].ndim, reverse=True)
+    with pytest.raises(ConversionError, match="classifier has only its bias; need weight and bias"):
+        convert_paddle_state({k: v for k, v in state.items() if k != weight})
+    with pytest.raises(ConversionError, match=r"weight \(2048, 7\) and bias \(8,\) are not a Paddle Linear"):
+        convert_paddle_state(dict(state, **{bias: np.zeros(CLASSES + 1, np.float32)}))
     converted = convert_paddle_state(state)
     converted.build["convention"] = "tsm"  # as if the model were built with the official convention
     with pytest.raises(ConversionError, match="convention='tsm'"):

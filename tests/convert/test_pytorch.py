@@ -84,6 +84,10 @@ def test_torch_errors():
     wrong = random_state(dict(shapes, **{"module.base_model.layer1.1.conv2.weight": (64, 64, 1, 1)}))
     with pytest.raises(ConversionError, match="res2b_branch2b"):
         assign_converted(model, convert_torch_state(wrong))
+    with pytest.raises(ConversionError, match="classifier has only its bias; need weight and bias"):
+        convert_torch_state(random_state({k: v for k, v in shapes.items() if k != "module.new_fc.weight"}))
+    with pytest.raises(ConversionError, match=r"weight \(5, 2048\) and bias \(2048,\) are not a PyTorch Linear"):
+        convert_torch_state(random_state(dict(shapes, **{"module.new_fc.bias": (2048,)})))
     converted = convert_torch_state(random_state(shapes))
     converted.build["convention"] = "paddle"  # as if the model were built with the other convention
     with pytest.raises(ConversionError, match="convention='paddle'"):

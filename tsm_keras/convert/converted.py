@@ -56,6 +56,26 @@ class ConvertedWeights:
         return None if self.head is None else int(self.head[0].shape[1])
 
 
+def linear_head(parts, layout, source):
+    """The classifier `[kernel [features, classes], bias [classes]]` from a checkpoint's `{"weight", "bias"}`, or None.
+
+    `layout`: "paddle" (Paddle's Linear stores `[in, out]`) or "torch" (`[out, in]`, transposed here). A head with
+    one of the two, or whose bias does not match its kernel, is refused with the shapes found.
+    """
+    if not parts:
+        return None
+    if set(parts) != {"weight", "bias"}:
+        raise ConversionError(f"{source}: the classifier has only its {', '.join(sorted(parts))}; need weight and "
+                              "bias.")
+    weight, bias = np.asarray(parts["weight"]), np.asarray(parts["bias"])
+    kernel = np.transpose(weight) if layout == "torch" else weight
+    if kernel.ndim != 2 or bias.shape != (kernel.shape[1],):
+        expected = "[out, in], [out]" if layout == "torch" else "[in, out], [out]"
+        raise ConversionError(f"{source}: classifier weight {weight.shape} and bias {bias.shape} are not a "
+                              f"{'PyTorch' if layout == 'torch' else 'Paddle'} Linear ({expected}).")
+    return [kernel, bias]
+
+
 def infer_backbone(stage_blocks, kind, source):
     """`{stage: number of blocks}` and block kind -> "resnet50" etc., or a ConversionError."""
     counts = tuple(stage_blocks.get(stage, 0) for stage in (2, 3, 4, 5))

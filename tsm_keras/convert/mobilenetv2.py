@@ -24,7 +24,7 @@ import re
 
 import numpy as np
 
-from tsm_keras.convert.converted import ConversionError, ConvertedWeights
+from tsm_keras.convert.converted import ConversionError, ConvertedWeights, linear_head
 from tsm_keras.models.mobilenetv2 import INVERTED_RESIDUAL_SETTING, inverted_residual_blocks, residual_block_indices
 
 _BN_FIELDS = {"weight": 0, "scale": 0, "bias": 1, "offset": 1, "running_mean": 2, "_mean": 2, "mean": 2,
@@ -113,9 +113,6 @@ class _Collector:
                       for name, values in self.norms.items() if any(v is None for v in values)]
         if incomplete:
             raise ConversionError(f"{self.source}: incomplete BatchNorm parameters: {', '.join(sorted(incomplete))}.")
-        if set(self.head) not in (set(), {"weight", "bias"}):
-            raise ConversionError(f"{self.source}: the classifier has only its {', '.join(self.head)}; need weight "
-                                  "and bias.")
         expected = 2 + len(inverted_residual_blocks())
         blocks = {name.split("_")[0] for name in self.layers if name.startswith("block")}
         if len(blocks) + ("stem_conv" in self.layers) + ("top_conv" in self.layers) != expected:
@@ -175,10 +172,7 @@ def convert_torch_mobilenetv2(state, source="<pth>"):
             else:
                 found.unknown.append(key)
     layers = found.finish("official")
-    head = None
-    if found.head:
-        weight, bias = found.head["weight"], found.head["bias"]
-        head = [np.transpose(weight), bias]
+    head = linear_head(found.head, "torch", source)
     notes = [f"{source}: official PyTorch MobileNetV2-TSM weights, mobilenetv2, "
              + (f"head with {head[0].shape[1]} classes" if head else "backbone only") + "; shift convention 'tsm'."]
     if not shifted:
@@ -232,13 +226,7 @@ def convert_paddle_mobilenetv2(state, source="<pdparams>"):
         else:
             found.conv(name, value, key)
     layers = found.finish("PaddleVideo pptsm_mv2")
-    head = None
-    if found.head:
-        weight, bias = found.head["weight"], found.head["bias"]
-        if weight.ndim != 2 or bias.shape != (weight.shape[1],):
-            raise ConversionError(f"{source}: classifier weight {weight.shape} and bias {bias.shape} are not a Paddle "
-                                  "Linear ([in, out], [out]).")
-        head = [weight, bias]
+    head = linear_head(found.head, "paddle", source)
     notes = [f"{source}: PaddleVideo ppTSM_mv2 weights, mobilenetv2_paddle, "
              + (f"head with {head[0].shape[1]} classes" if head else "backbone only")
              + "; shift convention 'paddle' (1/T of the channels from t-1, 1/T from t+1)."]

@@ -24,7 +24,7 @@ import re
 
 import numpy as np
 
-from tsm_keras.convert.converted import (ConversionError, ConvertedWeights, canonical_block, resnet_layers,
+from tsm_keras.convert.converted import (ConversionError, ConvertedWeights, canonical_block, linear_head, resnet_layers,
                                          stage_block_index)
 from tsm_keras.convert.mobilenetv2 import convert_paddle_mobilenetv2, is_paddle_mobilenetv2
 from tsm_keras.models.resnet import block_name
@@ -169,8 +169,7 @@ def convert_paddle_state(state, source="<pdparams>"):
                   "mean, variance)" for where, values in norms.items() if any(v is None for v in values)]
     if incomplete:
         raise ConversionError(f"{source}: incomplete BatchNorm parameters: {', '.join(sorted(incomplete))}.")
-    if set(head) not in (set(), {"weight", "bias"}):
-        raise ConversionError(f"{source}: the classifier has only its {', '.join(head)}; need weight and bias.")
+    converted_head = linear_head(head, "paddle", source)
     stems = sorted({_layer_names(where)[0] for where in convs if where[0] is None})
     if stems not in (["conv1"], ["conv1_1", "conv1_2", "conv1_3"]):
         raise ConversionError(f"{source}: the stem has {', '.join(stems) or 'no conv'}; expected conv1 (ResNet-TSM) or "
@@ -187,13 +186,6 @@ def convert_paddle_state(state, source="<pdparams>"):
         if backbone not in VD_BACKBONES:
             raise ConversionError(f"{source}: a ResNet-vd stem with the blocks of {backbone[:-3]}; the supported "
                                   f"ResNet-vd backbones are {sorted(VD_BACKBONES)}.")
-    converted_head = None
-    if head:
-        weight, bias = head["weight"], head["bias"]
-        if weight.ndim != 2 or bias.shape != (weight.shape[1],):
-            raise ConversionError(f"{source}: classifier weight {weight.shape} and bias {bias.shape} are not "
-                                  "a Paddle Linear ([in, out], [out]).")
-        converted_head = [weight, bias]
     notes = [f"{source}: PaddleVideo {'PP-TSM ' if vd else ''}weights, {backbone}, "
              + (f"head with {converted_head[0].shape[1]} classes" if head else "backbone only")
              + "; shift convention 'paddle' (1/T of the channels from t-1, 1/T from t+1)."]

@@ -18,7 +18,7 @@ import re
 
 import numpy as np
 
-from tsm_keras.convert.converted import ConversionError, ConvertedWeights, canonical_block, resnet_layers
+from tsm_keras.convert.converted import ConversionError, ConvertedWeights, canonical_block, linear_head, resnet_layers
 from tsm_keras.convert.mobilenetv2 import convert_torch_mobilenetv2, is_torch_mobilenetv2
 
 TORCH_BUILD = dict(convention="tsm", stride_in_1x1=False, input_convention="imagenet")
@@ -138,11 +138,7 @@ def convert_torch_state(state, source="<pth>"):
         notes.append(f"{source}: no temporal-shift wrappers (.net) in the keys: a TSN or ImageNet ResNet; "
                      "the shift settings are the model's.")
 
-    converted_head = None
-    if head:
-        if set(head) != {"weight", "bias"}:
-            raise ConversionError(f"{source}: the classifier has only its {', '.join(head)}; need weight and bias.")
-        converted_head = [np.transpose(head["weight"]), head["bias"]]  # torch Linear is [out, in]
+    converted_head = linear_head(head, "torch", source)
     notes.insert(0, f"{source}: official PyTorch TSM weights, {backbone}, "
                  + (f"head with {converted_head[0].shape[1]} classes" if head else "backbone only")
                  + (f", shift_place={build['shift_place']}, shift_every={build['shift_every']}" if shifted else "")
