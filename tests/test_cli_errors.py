@@ -25,6 +25,9 @@ def runs(tmp_path_factory):
     (d / "bad.txt").write_text("clip_a 12 0\nclip_b twelve 1\n")
     (d / "labels3.txt").write_text("x\ny\nz\n")
     (d / "weights.bin").write_bytes(b"not a checkpoint")
+    (d / "damaged").mkdir()
+    (d / "damaged" / "config.json").write_text('{"backbone": "resnet10",\n "num_classes": 2,,\n}')
+    (d / "damaged" / "model.weights.h5").write_bytes(b"")
     train = ["--mode=train", "--data_format=frames", f"--data_root={d}", "--num_classes=3"]
     cases = {
         "missing list": train + [f"--train_list={d}/nope.txt", f"--model_dir={d}/r1"],
@@ -34,6 +37,7 @@ def runs(tmp_path_factory):
         "unknown format": ["--mode=convert", f"--source={d}/weights.bin", f"--output={d}/x.keras"],
         "flag combination": ["--mode=export", "--export_format=onnx", "--export_precision=bfloat16"],
         "streaming precision": ["--mode=export", "--streaming", "--export_precision=bfloat16"],
+        "damaged run config": ["--mode=eval", f"--model_dir={d}/damaged"],
         "debug": ["--mode=convert", f"--source={d}/weights.bin", f"--output={d}/x.keras", "--debug"],
     }
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
@@ -56,6 +60,7 @@ def runs(tmp_path_factory):
     ("unknown format", "{d}/weights.bin: unknown weights format"),
     ("flag combination", "--export_precision=bfloat16 is for --export_format=saved_model"),
     ("streaming precision", "--streaming exports float32 only"),
+    ("damaged run config", "{d}/damaged/config.json:2: not valid JSON"),
 ])
 def test_user_error_is_one_line_and_status_2(runs, case, message):
     d, results = runs

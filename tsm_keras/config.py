@@ -9,6 +9,9 @@ import json
 import os
 from typing import List, Optional
 
+from tsm_keras import disk
+from tsm_keras.errors import DamagedFileError
+
 # The fields that describe the trained network (what `build_tsm` takes from a Config): a run's saved
 # config.json decides them at eval/export/predict, and a resume must not change them.
 MODEL_FIELDS = ("backbone", "num_classes", "num_segments", "shift", "shift_div", "shift_place", "convention",
@@ -142,8 +145,11 @@ class Config:
 
     @classmethod
     def load(cls, path):
-        with open(path) as f:
-            values = json.load(f)
+        remedy = "the run's settings, written by training: restore the file or use another --model_dir"
+        values = disk.read_json(path, remedy)
+        if not isinstance(values, dict):
+            raise DamagedFileError(f"{path}: expected a JSON object of settings, got {type(values).__name__}; "
+                                   f"{remedy}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         # Runs saved before the convention field existed were all built with the official shift.

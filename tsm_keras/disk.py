@@ -6,14 +6,17 @@ into place, so a full disk can never replace a complete artefact with a partial 
 wraps such a write: on failure it removes the temporaries, and a full disk (ENOSPC/EDQUOT, or
 TensorFlow's and HDF5's wording of them) becomes a `DiskFullError` naming the path and the space
 left there. This module imports nothing heavy.
+
+Reads too: `read_json` reports a file that does not parse as one error naming the file and line.
 """
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 
-from tsm_keras.errors import UserError
+from tsm_keras.errors import DamagedFileError, UserError
 
 _FULL_WORDS = ("No space left on device", "Disk quota exceeded", "ENOSPC", "errno = 28", "error 28")
 
@@ -23,6 +26,20 @@ class DiskFullError(UserError, OSError):
 
     def __str__(self):
         return self.strerror or super().__str__()
+
+
+def read_json(path, remedy="", error=DamagedFileError):
+    """The JSON value in `path`; `error` naming the file, line and column (then `remedy`) when it does not parse.
+
+    Missing files raise FileNotFoundError as `open` does: callers that may find none check first.
+    """
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as failure:
+        raise error(f"{path}:{failure.lineno}: not valid JSON ({failure.msg}, column {failure.colno})"
+                    + (f"; {remedy}" if remedy else "")) from None
 
 
 def is_disk_full(error):

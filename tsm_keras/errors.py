@@ -28,3 +28,8 @@ class MissingInputError(UserError, FileNotFoundError):
 
 class ExistingOutputError(UserError, FileExistsError):
     """An output that is never overwritten (an export version, a dataset folder) already exists."""
+
+
+class DamagedFileError(UserError, ValueError):
+    """A file the project reads back (a run's config.json, a checkpoint's state, an export's metadata, a hand-edited
+    JSON) that does not parse; the message names it, the line and column, and what to do."""

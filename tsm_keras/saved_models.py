@@ -9,9 +9,9 @@
 Only this module knows these names; it imports no TensorFlow (writing lives in tsm_keras.export).
 """
 
-import json
 import os
 
+from tsm_keras import disk
 from tsm_keras.errors import MissingInputError
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -64,5 +64,4 @@ def read_export_metadata(saved_model_dir):
     path = os.path.join(saved_model_dir, METADATA_FILE)
     if not os.path.isfile(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    return disk.read_json(path, "the export's metadata, written by --mode=export: export again")

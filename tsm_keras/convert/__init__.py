@@ -15,6 +15,7 @@ have the model take raw 0-255 RGB frames and normalize them itself.
 import json
 import os
 
+from tsm_keras import disk
 from tsm_keras.convert.converted import (BEHAVIOURAL_KEYS, STRUCTURAL_KEYS, ConversionError, ConvertedWeights,
                                          assign_converted, check_build, converted_from_model)
 from tsm_keras.convert.detect import FORMATS, detect_format
@@ -60,9 +61,8 @@ def load_weights_into(model, path, skip_mismatched_head=False, strict_build=True
     if fmt == "keras-weights":
         if _own_weights_classes(path) == model.num_classes:
             messages = []
-            if os.path.exists(_architecture_file(path)):
-                with open(_architecture_file(path)) as f:
-                    saved = json.load(f)
+            saved = _read_architecture(path)
+            if saved is not None:
                 keys = [k for k in STRUCTURAL_KEYS + BEHAVIOURAL_KEYS if k in saved]
                 messages = check_build(model, ConvertedWeights(source=path, format="keras-weights", layers={},
                                                                build={k: saved[k] for k in keys}),
@@ -136,11 +136,9 @@ def load_model_from_source(path, num_classes=None, num_segments=None, skip_misma
     if fmt == "keras-weights":
         from tsm_keras.models import TSM, build_tsm
 
-        sidecar = _architecture_file(path)
-        if os.path.exists(sidecar):
+        saved_config = _read_architecture(path)
+        if saved_config is not None:
             # Written by --mode=convert: the architecture the weights need (shift convention ...).
-            with open(sidecar) as f:
-                saved_config = json.load(f)
             source = TSM.from_config(dict(saved_config, num_classes=_own_weights_classes(path)))
             _load_own_weights_into(source, path)
             return _retarget(source, source.get_config(), path, num_classes, num_segments, skip_mismatched_head,
@@ -257,10 +255,7 @@ def _load_own_weights(path, config):
     with the file's class count."""
     from tsm_keras.models import TSM
 
-    sidecar = _architecture_file(path)
-    if os.path.exists(sidecar):
-        with open(sidecar) as f:
-            config = json.load(f)
+    config = _read_architecture(path) or config
     model = TSM.from_config(dict(config, num_classes=_own_weights_classes(path)))
     _load_own_weights_into(model, path)
     return model
@@ -269,6 +264,19 @@ def _load_own_weights(path, config):
 def _architecture_file(weights_path):
     """`tsm.weights.h5` -> `tsm.architecture.json`: the model config --mode=convert writes beside weights."""
     return weights_path[:-len(".weights.h5")] + ".architecture.json"
+
+
+def _read_architecture(weights_path):
+    """The model config in the weights' architecture file, or None when there is none."""
+    sidecar = _architecture_file(weights_path)
+    if not os.path.exists(sidecar):
+        return None
+    remedy = f"it holds the architecture of {weights_path}, written by --mode=convert: convert again"
+    config = disk.read_json(sidecar, remedy, error=ConversionError)
+    if not isinstance(config, dict):
+        raise ConversionError(f"{sidecar}: expected a JSON object (a model config), got {type(config).__name__}; "
+                              f"{remedy}")
+    return config
 
 
 def _retarget(model, saved_config, path, num_classes, num_segments, skip_mismatched_head, build_kwargs):

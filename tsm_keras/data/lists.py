@@ -9,10 +9,10 @@ is 1-based, the Kinetics file 0-based: the first index decides), or a plain one-
 """
 
 import collections
-import json
 import os
 import re
 
+from tsm_keras import disk
 from tsm_keras.errors import UsageError, UserError
 
 KINETICS400_LABELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kinetics400_labels.txt")
@@ -85,11 +85,7 @@ def read_list(list_path, data_format, data_root="", num_classes=None):
 
 def read_json(path):
     """A JSON file; ListFileError naming the file and line when it does not parse."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as error:
-        raise ListFileError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+    return disk.read_json(path, error=ListFileError)
 
 
 def _json_label_map(path):

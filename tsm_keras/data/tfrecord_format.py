@@ -16,6 +16,7 @@ import struct
 import numpy as np
 import tensorflow as tf
 
+from tsm_keras import disk
 from tsm_keras.errors import MissingInputError, UserError
 
 MANIFEST_FILE = "manifest.json"
@@ -131,8 +132,7 @@ def read_manifest(folder):
     path = os.path.join(folder, MANIFEST_FILE)
     if not os.path.isfile(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    return disk.read_json(path, "written by --mode=tfrecords: convert again into an empty --tfrecord_dir")
 
 
 def manifest_videos(folder, split):

@@ -50,8 +50,8 @@ class CheckpointManager:
         path = os.path.join(self.directory, "best.json")
         if not os.path.exists(path):
             return None
-        with open(path) as f:
-            return json.load(f).get("step")
+        record = disk.read_json(path, "the best checkpoint's marker: delete it to go on (the next best result writes it)")
+        return record.get("step") if isinstance(record, dict) else None
 
     def save(self, step, state, best=False):
         """Write checkpoint `step` with `state` (JSON-able dict); `best=True` marks it as the best."""
@@ -86,8 +86,8 @@ class CheckpointManager:
         path = path or self.latest()
         if path is None:
             return None
-        with open(os.path.join(path, "state.json")) as f:
-            state = json.load(f)
+        state = disk.read_json(os.path.join(path, "state.json"),
+                               f"the checkpoint is damaged: delete {path} to resume from the one before it")
         variables = self._variables()
         if len(state["paths"]) != len(variables):
             raise UsageError(f"checkpoint {path} holds {len(state['paths'])} variables, this model and optimizer "
