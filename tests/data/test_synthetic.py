@@ -5,9 +5,11 @@ import os
 
 import cv2
 import numpy as np
+import pytest
 
 from tsm_keras.data import lists
 from tsm_keras.data.synthetic import SYNTHETIC_CLASSES, ensure_synthetic_dataset, generate_video
+from tsm_keras.errors import ExistingOutputError
 
 TINY = dict(train_per_class=2, val_per_class=1, num_frames=10, frame_size=40)
 
@@ -94,3 +96,20 @@ def test_class_names_match_the_motion_and_pairs_are_reverses():
     rng_key = np.random.default_rng([0, 0, 1, 0])
     from tsm_keras.data.synthetic import _forward_video
     np.testing.assert_array_equal(generate_video(1, 0, "train", 0, 12, 48), _forward_video(0, rng_key, 12, 48)[::-1])
+
+
+def test_a_folder_with_another_tools_manifest_is_never_deleted(tmp_path):
+    """--data_root pointed at the user's data by mistake (a TFRecord conversion also writes a manifest.json): the
+    synthetic dataset refuses it and leaves every file as it was, as it does a manifest that does not parse."""
+    root = tmp_path / "tfrecords"
+    root.mkdir()
+    (root / "train-00000-of-00001.tfrecord").write_bytes(b"the user's shard")
+    for manifest, message in [('{"num_shards": 1, "shards": ["train-00000-of-00001.tfrecord"]}',
+                               "is not the manifest of a synthetic dataset"),
+                              ('{"version": 1,\n "seed": 0,,', r"manifest.json:2: not valid JSON"),
+                              ("[1, 2]", "is not the manifest of a synthetic dataset")]:
+        (root / "manifest.json").write_text(manifest)
+        with pytest.raises(ExistingOutputError, match=message + ".*delete it; otherwise pass an empty or new"):
+            ensure_synthetic_dataset(str(root), seed=0, **TINY)
+        assert sorted(os.listdir(root)) == ["manifest.json", "train-00000-of-00001.tfrecord"]
+        assert (root / "manifest.json").read_text() == manifest

@@ -25,12 +25,15 @@ import time
 import cv2
 import numpy as np
 
+from tsm_keras import disk
 from tsm_keras.errors import ExistingOutputError
 
 SYNTHETIC_CLASSES = ["moving_right", "moving_left", "moving_down", "moving_up",
                      "growing", "shrinking", "light_turning_on", "light_turning_off"]
 VERSION = 1
 DEFAULTS = dict(train_per_class=48, val_per_class=12, num_frames=24, frame_size=128, fps=12)
+# Every manifest this module has written holds these (VERSION 1 on).
+_MANIFEST_KEYS = {"version", "seed", "classes", *DEFAULTS}
 _SPLIT_IDS = {"train": 0, "val": 1}
 _SHAPES = ("circle", "square", "triangle", "diamond")
 
@@ -171,15 +174,23 @@ def ensure_synthetic_dataset(root, seed=0, reuse_existing=False, **sizes):
     root = os.path.abspath(root)
     manifest_path = os.path.join(root, "manifest.json")
     if os.path.isfile(manifest_path):
-        with open(manifest_path) as f:
-            existing = json.load(f)
+        not_ours = (f"{root} is not a synthetic dataset this tool generated: if it is one, delete it; otherwise pass "
+                    "an empty or new --data_root (nothing in it was changed)")
+        try:
+            existing = disk.read_json(manifest_path, not_ours, error=ExistingOutputError)
+        except UnicodeDecodeError:
+            raise ExistingOutputError(f"{manifest_path}: not a JSON text file; {not_ours}") from None
+        # Only a folder whose manifest this module wrote is ever reused or deleted: another tool's manifest.json
+        # (a TFRecord conversion's, a dataset's own) means the user pointed --data_root at their data.
+        if not isinstance(existing, dict) or not _MANIFEST_KEYS <= set(existing):
+            raise ExistingOutputError(f"{manifest_path} is not the manifest of a synthetic dataset; {not_ours}")
         if existing == manifest or (reuse_existing and existing.get("version") == VERSION):
             return _paths(root)
         # Ours but with other parameters: regenerate it.
         shutil.rmtree(root)
     elif os.path.exists(root) and os.listdir(root):
         raise ExistingOutputError(f"{root} exists and is not a synthetic dataset (no manifest.json): "
-                              "pass an empty or new --data_root")
+                                  "pass an empty or new --data_root")
     tmp = f"{root}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
