@@ -2,6 +2,7 @@
 and the line, and what to do — never a JSONDecodeError traceback."""
 
 import os
+import re
 
 import pytest
 
@@ -61,3 +62,37 @@ def test_a_run_config_that_is_not_an_object_is_refused(tmp_path):
     path = _write(str(tmp_path / "config.json"), "[1, 2]")
     with pytest.raises(DamagedFileError, match="expected a JSON object of settings, got list"):
         Config.load(path)
+
+
+def _cut_in_half(source, target):
+    with open(source, "rb") as f:
+        data = f.read()
+    with open(target, "wb") as f:
+        f.write(data[:len(data) // 2])
+    return str(target)
+
+
+@pytest.mark.parametrize("kind", ["run folder", "convert source", "keras file"])
+def test_weights_cut_short_are_one_error_naming_the_file(tmp_path, kind, tiny_tsm):
+    """A copy or download cut short: h5py's "truncated file" OSError, or Keras' "File not found" for a .keras zip
+    without its end, becomes a ConversionError (a UserError) naming the file."""
+    from tsm_keras.loading import load_trained
+
+    config = Config(model_dir=str(tmp_path / "run"), backbone="resnet10", num_classes=3, num_segments=2,
+                    image_size=32)
+    model = tiny_tsm
+    if kind == "keras file":
+        model.save(str(tmp_path / "whole.keras"))
+        path = _cut_in_half(tmp_path / "whole.keras", tmp_path / "cut.keras")
+        config = config.replace(weights=path)
+    else:
+        model.save_weights(str(tmp_path / "whole.weights.h5"))
+        os.makedirs(config.model_dir)
+        if kind == "run folder":
+            config.save(os.path.join(config.model_dir, "config.json"))
+            path = _cut_in_half(tmp_path / "whole.weights.h5", tmp_path / "run" / "model.weights.h5")
+        else:  # a lone .weights.h5: read by the converters' format detection
+            path = _cut_in_half(tmp_path / "whole.weights.h5", tmp_path / "cut.weights.h5")
+            config = config.replace(weights=path)
+    with pytest.raises(ConversionError, match=f"^{re.escape(path)}: the file is damaged or incomplete"):
+        load_trained(config)

@@ -10,7 +10,9 @@ the model returned takes raw 0-255 RGB frames, as the data pipeline yields them.
 export and predict alike, so they read the same sources the same way.
 """
 
+import contextlib
 import os
+import zipfile
 
 from tsm_keras import runs
 from tsm_keras.errors import UsageError
@@ -31,16 +33,30 @@ def load_trained(config, source=None):
     run_config, weights, model_dir = runs.resolve_run(config)
     if weights.endswith(".keras"):
         # The pipeline yields raw 0-255 frames; a converted .keras expects normalized ones.
-        model = with_raw_frame_input(keras.models.load_model(weights, compile=False))
+        with _container_errors(weights):
+            zipfile.ZipFile(weights).close()  # one cut short: Keras would say "File not found"
+            model = with_raw_frame_input(keras.models.load_model(weights, compile=False))
     elif weights.endswith(".weights.h5") and runs.is_run_folder(model_dir):
         model = build_tsm(**run_config.model_kwargs(normalize_input=True))
-        model.load_weights(weights)
+        with _container_errors(weights):
+            model.load_weights(weights)
     else:  # converter sources, and .weights.h5 written by --mode=convert (its architecture.json beside it)
         from tsm_keras.convert import load_model_from_source
 
         model = load_model_from_source(weights, config=run_config)
     num_classes = int(model.output_shape[-1])
     return model, run_config, label_names_for(run_config.replace(num_classes=num_classes), model_dir)
+
+
+@contextlib.contextmanager
+def _container_errors(path):
+    """A `.keras` (zip) or `.weights.h5` (HDF5) that does not open becomes one user error naming it."""
+    from tsm_keras.convert.detect import damaged_weights_error
+
+    try:
+        yield
+    except (OSError, zipfile.BadZipFile) as error:
+        raise damaged_weights_error(path, error) from None
 
 
 def label_names_for(config, model_dir=None):

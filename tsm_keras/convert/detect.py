@@ -31,8 +31,11 @@ def detect_format(path):
     if head.startswith(_HDF5_MAGIC):
         return _detect_hdf5(path)
     if head.startswith(b"PK\x03\x04"):
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except zipfile.BadZipFile as error:
+            raise damaged_weights_error(path, error) from None
         if "config.json" in names and "model.weights.h5" in names:
             return "keras"
         if any(name.endswith("data.pkl") for name in names):
@@ -46,10 +49,20 @@ def detect_format(path):
                           + "; ".join(FORMATS.values()) + ".")
 
 
+def damaged_weights_error(path, error):
+    """The error for a weights file whose container (HDF5, zip) does not open: cut short or damaged."""
+    return ConversionError(f"{path}: the file is damaged or incomplete ({error}); copy or download it again, or "
+                           "write it again from its source.")
+
+
 def _detect_hdf5(path):
     import h5py
 
-    with h5py.File(path, "r") as f:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as error:
+        raise damaged_weights_error(path, error) from None
+    with f:
         group = f["model_weights"] if "model_weights" in f else f
         if "layer_names" in group.attrs:
             names = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs["layer_names"]]
