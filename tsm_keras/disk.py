@@ -10,6 +10,7 @@ left there. This module imports nothing heavy.
 Reads too: `read_json` reports a file that does not parse as one error naming the file and line.
 """
 
+import codecs
 import contextlib
 import errno
 import json
@@ -28,13 +29,32 @@ class DiskFullError(UserError, OSError):
         return self.strerror or super().__str__()
 
 
+def read_text_lines(path, error=DamagedFileError):
+    """`[(line number, line)]` of a UTF-8 text file (a leading byte-order mark dropped, line ends removed);
+    `error` naming the file, line and byte where it is not UTF-8 (a list saved as Latin-1, a binary file).
+
+    Missing files raise FileNotFoundError as `open` does: callers that may find none check first.
+    """
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8):]
+    lines = []
+    for number, line in enumerate(raw.splitlines(), start=1):
+        try:
+            lines.append((number, line.decode("utf-8")))
+        except UnicodeDecodeError as failure:
+            raise error(f"{path}:{number}: not UTF-8 text (byte 0x{line[failure.start]:02x} at column "
+                        f"{failure.start + 1}); save the file as UTF-8") from None
+    return lines
+
+
 def read_json(path, remedy="", error=DamagedFileError):
     """The JSON value in `path`; `error` naming the file, line and column (then `remedy`) when it does not parse.
 
     Missing files raise FileNotFoundError as `open` does: callers that may find none check first.
     """
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    text = "\n".join(line for _, line in read_text_lines(path, error))
     try:
         return json.loads(text)
     except json.JSONDecodeError as failure:

@@ -17,6 +17,7 @@ import os
 import socket
 import time
 
+from tsm_keras import disk
 from tsm_keras.config import MODEL_FIELDS, Config
 from tsm_keras.errors import MissingInputError, RunLockedError, UsageError
 
@@ -35,7 +36,7 @@ SAME_RUN_FIELDS = MODEL_FIELDS + ("image_size", "precision")
 def write_text_atomic(path, text):
     """Write `text` to `path` through a temporary file and a rename: readers see the old or the new file."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
+    with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(tmp, path)
 
@@ -52,8 +53,7 @@ def read_labels(model_dir):
     path = os.path.join(model_dir, LABELS_FILE) if model_dir else ""
     if not path or not os.path.exists(path):
         return None
-    with open(path) as f:
-        return [line.rstrip("\n") for line in f]
+    return [line for _, line in disk.read_text_lines(path)]
 
 
 def is_run_folder(model_dir):

@@ -55,6 +55,23 @@ def test_missing_and_empty_lists(tmp_path):
         lists.read_list("", "videos")
 
 
+def test_text_that_is_not_utf8_names_file_line_and_byte_and_a_bom_is_dropped(tmp_path):
+    """A list saved as Latin-1 (an accented file name), or a label map that is a binary file by mistake."""
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("a/x.mp4 0\nb/vidéo.mp4 1\n".encode("latin-1"))
+    with pytest.raises(lists.ListFileError, match=r"latin1\.txt:2: not UTF-8 text \(byte 0xe9 at column 6\); save"):
+        lists.read_list(str(latin1), "videos")
+    with pytest.raises(lists.ListFileError, match=r"latin1\.txt:2: not UTF-8 text"):
+        lists.read_label_map(str(latin1))
+    with pytest.raises(lists.ListFileError, match=r"latin1\.txt:2: not UTF-8 text"):
+        lists.list_inputs(str(latin1))
+    # Windows editors may start a UTF-8 file with a byte-order mark: not part of the first path.
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes(b"\xef\xbb\xbfa/x.mp4 0\r\nb/vid\xc3\xa9o.mp4 1\r\n")
+    assert [(r.path, r.label) for r in lists.read_list(str(bom), "videos")] == [("a/x.mp4", 0), ("b/vidéo.mp4", 1)]
+    assert lists.read_label_map(str(bom)) == ["a/x.mp4 0", "b/vidéo.mp4 1"]
+
+
 def test_kinetics400_label_map():
     names = lists.read_label_map("kinetics400")
     assert len(names) == 400

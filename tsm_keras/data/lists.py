@@ -55,29 +55,28 @@ def read_list(list_path, data_format, data_root="", num_classes=None):
     expected = "<frame_dir> <num_frames> <label>" if data_format == "frames" else "<video_path> <label>"
     num_fields = 3 if data_format == "frames" else 2
     records = []
-    with open(list_path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            text = line.strip()
-            if not text or text.startswith("#"):
-                continue
-            where = f"{list_path}:{line_number}"
-            # rsplit keeps paths with spaces (Kinetics class folders such as "air drumming") whole.
-            fields = text.rsplit(None, num_fields - 1)
-            if len(fields) != num_fields or not all(_is_int(x) for x in fields[1:]):
-                raise ListFileError(f'{where}: expected "{expected}", got "{text}"')
-            path = fields[0]
-            if data_format == "videos" and len(path.split()) > 1 and _is_int(path.split()[-1]):
-                raise ListFileError(f'{where}: expected "{expected}", got 3 fields "{text}" '
-                                    "(a frames list? use --data_format=frames)")
-            label = int(fields[-1])
-            num_frames = int(fields[1]) if data_format == "frames" else -1
-            if data_format == "frames" and num_frames < 0:
-                raise ListFileError(f'{where}: num_frames must be >= 0, got {num_frames} in "{text}"')
-            if label < 0 or (num_classes is not None and label >= num_classes):
-                raise ListFileError(f"{where}: label {label} is outside the label map [0, {num_classes}) "
-                                    "(check --num_classes/--label_map; labels are 0-based)")
-            full_path = path if os.path.isabs(path) or not data_root else os.path.join(data_root, path)
-            records.append(VideoRecord(full_path, num_frames, label, where))
+    for line_number, line in disk.read_text_lines(list_path, error=ListFileError):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        where = f"{list_path}:{line_number}"
+        # rsplit keeps paths with spaces (Kinetics class folders such as "air drumming") whole.
+        fields = text.rsplit(None, num_fields - 1)
+        if len(fields) != num_fields or not all(_is_int(x) for x in fields[1:]):
+            raise ListFileError(f'{where}: expected "{expected}", got "{text}"')
+        path = fields[0]
+        if data_format == "videos" and len(path.split()) > 1 and _is_int(path.split()[-1]):
+            raise ListFileError(f'{where}: expected "{expected}", got 3 fields "{text}" '
+                                "(a frames list? use --data_format=frames)")
+        label = int(fields[-1])
+        num_frames = int(fields[1]) if data_format == "frames" else -1
+        if data_format == "frames" and num_frames < 0:
+            raise ListFileError(f'{where}: num_frames must be >= 0, got {num_frames} in "{text}"')
+        if label < 0 or (num_classes is not None and label >= num_classes):
+            raise ListFileError(f"{where}: label {label} is outside the label map [0, {num_classes}) "
+                                "(check --num_classes/--label_map; labels are 0-based)")
+        full_path = path if os.path.isabs(path) or not data_root else os.path.join(data_root, path)
+        records.append(VideoRecord(full_path, num_frames, label, where))
     if not records:
         raise ListFileError(f"list file {list_path} has no entries (expected lines \"{expected}\")")
     return records
@@ -118,8 +117,8 @@ def read_label_map(spec):
                             "a file with one class name per line or a labels.json")
     if path.lower().endswith(".json"):
         return _json_label_map(path)
-    with open(path, encoding="utf-8") as f:
-        lines = [(number, line.strip()) for number, line in enumerate(f, start=1) if line.strip()]
+    lines = [(number, line.strip()) for number, line in disk.read_text_lines(path, error=ListFileError)
+             if line.strip()]
     if not lines:
         raise ListFileError(f"label map {path} is empty")
     indexed = all(len(text.split(None, 1)) == 2 and _is_int(text.split(None, 1)[0]) for _, text in lines)
@@ -218,15 +217,14 @@ def list_inputs(spec, data_root="", frame_template="img_{:05d}.jpg"):
         return found
     if os.path.isfile(spec) and spec.lower().endswith(LIST_EXTENSIONS):
         paths = []
-        with open(spec) as f:
-            for line in f:
-                fields = line.strip().split()
-                while len(fields) > 1 and fields[-1].lstrip("-").isdigit():
-                    fields.pop()
-                if not fields:
-                    continue
-                path = " ".join(fields)
-                paths.append(os.path.join(data_root, path) if data_root and not os.path.isabs(path) else path)
+        for _, line in disk.read_text_lines(spec, error=ListFileError):
+            fields = line.strip().split()
+            while len(fields) > 1 and fields[-1].lstrip("-").isdigit():
+                fields.pop()
+            if not fields:
+                continue
+            path = " ".join(fields)
+            paths.append(os.path.join(data_root, path) if data_root and not os.path.isabs(path) else path)
         if not paths:
             raise UsageError(f"{spec}: the list file names no video.")
         return paths

@@ -21,7 +21,6 @@
 """
 
 import contextlib
-import json
 import logging
 import multiprocessing
 import os
@@ -93,25 +92,24 @@ def ucf101_lists(videos_dir, annotations_dir, split_number=1):
                                       f"trainlist0N.txt and testlist0N.txt; --ucf101_split={split_number})")
         rows[split] = []
         missing = 0
-        with open(list_path) as f:
-            for line_number, line in enumerate(f, start=1):
-                fields = line.split()
-                if not fields:
-                    continue
-                where = f"{list_path}:{line_number}"
-                relative = fields[0]
-                class_name = relative.replace("\\", "/").split("/")[0]
-                if len(fields) > 2 or class_name not in index:
-                    raise lists.ListFileError(f'{where}: expected "<class>/<video> [<1-based label>]" with a class '
-                                              f"of {class_file}, got {line.strip()!r}")
-                label = index[class_name]
-                if len(fields) == 2 and (not lists._is_int(fields[1]) or int(fields[1]) - 1 != label):
-                    raise lists.ListFileError(f"{where}: label {fields[1]} does not match class {class_name} "
-                                              f"(index {label + 1} in {class_file})")
-                if not os.path.isfile(os.path.join(videos_dir, relative)):
-                    missing += 1
-                    continue
-                rows[split].append((relative, label))
+        for line_number, line in disk.read_text_lines(list_path, error=lists.ListFileError):
+            fields = line.split()
+            if not fields:
+                continue
+            where = f"{list_path}:{line_number}"
+            relative = fields[0]
+            class_name = relative.replace("\\", "/").split("/")[0]
+            if len(fields) > 2 or class_name not in index:
+                raise lists.ListFileError(f'{where}: expected "<class>/<video> [<1-based label>]" with a class '
+                                          f"of {class_file}, got {line.strip()!r}")
+            label = index[class_name]
+            if len(fields) == 2 and (not lists._is_int(fields[1]) or int(fields[1]) - 1 != label):
+                raise lists.ListFileError(f"{where}: label {fields[1]} does not match class {class_name} "
+                                          f"(index {label + 1} in {class_file})")
+            if not os.path.isfile(os.path.join(videos_dir, relative)):
+                missing += 1
+                continue
+            rows[split].append((relative, label))
         if missing:
             log.warning("%s: %d videos listed but not found under %s; left out", list_path, missing, videos_dir)
     return rows, label_names

@@ -176,10 +176,7 @@ def ensure_synthetic_dataset(root, seed=0, reuse_existing=False, **sizes):
     if os.path.isfile(manifest_path):
         not_ours = (f"{root} is not a synthetic dataset this tool generated: if it is one, delete it; otherwise pass "
                     "an empty or new --data_root (nothing in it was changed)")
-        try:
-            existing = disk.read_json(manifest_path, not_ours, error=ExistingOutputError)
-        except UnicodeDecodeError:
-            raise ExistingOutputError(f"{manifest_path}: not a JSON text file; {not_ours}") from None
+        existing = disk.read_json(manifest_path, not_ours, error=ExistingOutputError)
         # Only a folder whose manifest this module wrote is ever reused or deleted: another tool's manifest.json
         # (a TFRecord conversion's, a dataset's own) means the user pointed --data_root at their data.
         if not isinstance(existing, dict) or not _MANIFEST_KEYS <= set(existing):
