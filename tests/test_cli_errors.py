@@ -25,6 +25,7 @@ def runs(tmp_path_factory):
     (d / "bad.txt").write_text("clip_a 12 0\nclip_b twelve 1\n")
     (d / "labels3.txt").write_text("x\ny\nz\n")
     (d / "weights.bin").write_bytes(b"not a checkpoint")
+    (d / "nowhere.txt").write_text("clip_a 12 0\nclip_b 12 1\n")  # frame folders that are not there
     (d / "damaged").mkdir()
     (d / "damaged" / "config.json").write_text('{"backbone": "resnet10",\n "num_classes": 2,,\n}')
     (d / "damaged" / "model.weights.h5").write_bytes(b"")
@@ -38,6 +39,13 @@ def runs(tmp_path_factory):
         "flag combination": ["--mode=export", "--export_format=onnx", "--export_precision=bfloat16"],
         "streaming precision": ["--mode=export", "--streaming", "--export_precision=bfloat16"],
         "damaged run config": ["--mode=eval", f"--model_dir={d}/damaged"],
+        # Without the streak check, the repeated training dataset dropped sample after sample and never ended.
+        "nothing readable": train + [f"--train_list={d}/nowhere.txt", f"--model_dir={d}/r4", "--num_classes=2",
+                                     "--backbone=resnet10", "--image_size=32", "--num_segments=2", "--batch_size=2",
+                                     "--precision=float32"],
+        "bad sample, fail policy": train + [f"--train_list={d}/nowhere.txt", f"--model_dir={d}/r5", "--num_classes=2",
+                                            "--backbone=resnet10", "--image_size=32", "--num_segments=2",
+                                            "--batch_size=2", "--precision=float32", "--on_bad_sample=fail"],
         "debug": ["--mode=convert", f"--source={d}/weights.bin", f"--output={d}/x.keras", "--debug"],
     }
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
@@ -61,6 +69,8 @@ def runs(tmp_path_factory):
     ("flag combination", "--export_precision=bfloat16 is for --export_format=saved_model"),
     ("streaming precision", "--streaming exports float32 only"),
     ("damaged run config", "{d}/damaged/config.json:2: not valid JSON"),
+    ("nothing readable", "500 samples in a row could not be read (the last: {d}/clip_"),
+    ("bad sample, fail policy", "cannot read frame (No such file or directory) (--on_bad_sample=fail"),
 ])
 def test_user_error_is_one_line_and_status_2(runs, case, message):
     d, results = runs

@@ -105,11 +105,15 @@ MODES = {
 
 
 def dispatch(mode, config, debug=False):
-    """Run `mode`; a `UserError` prints `error: <message>` and gives status 2 (`debug=True`: re-raised)."""
+    """Run `mode`; a `UserError` prints `error: <message>` and gives status 2 (`debug=True`: re-raised), also one
+    raised inside the input pipeline, which reaches here wrapped in a TensorFlow error."""
+    from tsm_keras.data.bad_samples import pipeline_user_error
+
     try:
         return MODES[mode](config)
-    except UserError as error:
-        if debug:
+    except Exception as error:  # noqa: BLE001  (anything else is re-raised as it was)
+        user_error = error if isinstance(error, UserError) else pipeline_user_error(error)
+        if user_error is None or debug:
             raise
-        print(f"error: {error}", file=sys.stderr, flush=True)
+        print(f"error: {user_error}", file=sys.stderr, flush=True)
         return USER_ERROR_STATUS

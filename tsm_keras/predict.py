@@ -370,6 +370,17 @@ def load(path, config=None, num_clips=None, num_crops=None, top_k=None):
 
 
 # --------------------------------------------------------------------------------------------- mode
+def _model_source(config):
+    """`--saved_model` (it must hold a SavedModel: not read as weights), else `--weights`, else `--model_dir`."""
+    if config.saved_model:
+        if os.path.isdir(config.saved_model):
+            from tsm_keras import saved_models
+
+            saved_models.resolve_saved_model_dir(config.saved_model)  # names what is missing and how to export
+        return config.saved_model
+    return config.weights or config.model_dir
+
+
 def predict_videos(config):
     """`--mode=predict`: top-k labels per video to stdout, and `--output` JSON lines (`--online`: `predict_online`).
 
@@ -380,9 +391,8 @@ def predict_videos(config):
 
     if config.online:
         return predict_online(config)
-    source = config.saved_model or config.weights or config.model_dir
     top_k = int(config.top_k)
-    classifier = load(source, config=config, top_k=top_k)
+    classifier = load(_model_source(config), config=config, top_k=top_k)
     classifier.require_clips()  # a streaming export: one error, not one per video
     paths = list_inputs(config.input, config.data_root, classifier.frame_template)
     output = config.output
@@ -440,9 +450,8 @@ def predict_online(config):
     stride = int(config.online_stride)
     if stride < 1:
         raise UsageError(f"--online_stride must be >= 1 (stream every S-th video frame), got {stride}.")
-    source = config.saved_model or config.weights or config.model_dir
     top_k = int(config.top_k)
-    classifier = load(source, config=config, top_k=top_k)
+    classifier = load(_model_source(config), config=config, top_k=top_k)
     stream = classifier.stream(history=config.online_history, top_k=top_k)
     paths = list_inputs(config.input, config.data_root, classifier.frame_template)
     sink = None

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from tsm_keras.data import lists, sampling, tfrecord_format
-from tsm_keras.data.bad_samples import BAD_SAMPLES, placeholder_jpeg
+from tsm_keras.data.bad_samples import BAD_SAMPLES, UNREADABLE_STREAK, nothing_readable, placeholder_jpeg
 from tsm_keras.data.clips import eval_clip, train_clip_from_frames, train_clip_from_jpegs
 from tsm_keras.data.readers import tfrecord as tfrecord_reader
 from tsm_keras.data.readers.frames import frames_reader
@@ -53,6 +53,19 @@ _DROPPED_REASON = ("an error inside the tf.data pipeline, e.g. a JPEG whose body
 def _record_dropped(count):
     BAD_SAMPLES.record_unknown(int(count), _DROPPED_REASON)
     return np.int64(count)
+
+
+def _stop_on_unreadable_streak(dataset):
+    """Pass `(clip, label, ok)` elements on; `UNREADABLE_STREAK` not-ok ones in a row raise NothingReadableError."""
+    def step(streak, element):
+        clip, label, ok = element
+        streak = tf.where(ok, tf.constant(0, tf.int64), streak + 1)
+        streak = tf.cond(streak >= UNREADABLE_STREAK,
+                         lambda: tf.ensure_shape(tf.numpy_function(nothing_readable, [streak], tf.int64), []),
+                         lambda: streak)
+        return streak, (clip, label, ok)
+
+    return dataset.scan(tf.constant(0, tf.int64), step)
 
 
 def _count_dropped(dataset, total):
@@ -276,7 +289,7 @@ def build_dataset(config, split, *, batch_size=None, shuffle=None, repeat=False,
         dataset = _count_dropped(dataset.ignore_errors(log_warning=True), total)
     else:
         dataset = dataset.map(lambda index, *rest: rest)
-    dataset = dataset.filter(_is_good).map(_drop_flag)
+    dataset = _stop_on_unreadable_streak(dataset).filter(_is_good).map(_drop_flag)
     if batch_size:
         dataset = dataset.batch(batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE,
                                 deterministic=True)
