@@ -39,6 +39,7 @@ def runs(tmp_path_factory):
         "flag combination": ["--mode=export", "--export_format=onnx", "--export_precision=bfloat16"],
         "streaming precision": ["--mode=export", "--streaming", "--export_precision=bfloat16"],
         "damaged run config": ["--mode=eval", f"--model_dir={d}/damaged"],
+        "not a SavedModel": ["--mode=predict", f"--saved_model={d}/damaged", f"--input={d}/nowhere.txt"],
         # Without the streak check, the repeated training dataset dropped sample after sample and never ended.
         "nothing readable": train + [f"--train_list={d}/nowhere.txt", f"--model_dir={d}/r4", "--num_classes=2",
                                      "--backbone=resnet10", "--image_size=32", "--num_segments=2", "--batch_size=2",
@@ -69,6 +70,7 @@ def runs(tmp_path_factory):
     ("flag combination", "--export_precision=bfloat16 is for --export_format=saved_model"),
     ("streaming precision", "--streaming exports float32 only"),
     ("damaged run config", "{d}/damaged/config.json:2: not valid JSON"),
+    ("not a SavedModel", "{d}/damaged: no saved_model.pb there nor in a numbered version folder below it"),
     ("nothing readable", "500 samples in a row could not be read (the last: {d}/clip_"),
     ("bad sample, fail policy", "cannot read frame (No such file or directory) (--on_bad_sample=fail"),
 ])
