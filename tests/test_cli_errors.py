@@ -19,9 +19,10 @@ CASES_RUNNER = os.path.join(REPO, "tests", "run_app_cases.py")
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, tiny_tsm):
     """Every case run, the `--debug` one in its own process alongside the others' batch."""
     d = tmp_path_factory.mktemp("cli")
+    tiny_tsm.save(str(d / "tiny.keras"))  # 2 segments of 32 px
     (d / "bad.txt").write_text("clip_a 12 0\nclip_b twelve 1\n")
     (d / "labels3.txt").write_text("x\ny\nz\n")
     (d / "weights.bin").write_bytes(b"not a checkpoint")
@@ -40,6 +41,8 @@ def runs(tmp_path_factory):
         "streaming precision": ["--mode=export", "--streaming", "--export_precision=bfloat16"],
         "damaged run config": ["--mode=eval", f"--model_dir={d}/damaged"],
         "not a SavedModel": ["--mode=predict", f"--saved_model={d}/damaged", f"--input={d}/nowhere.txt"],
+        "clip shape of the model": ["--mode=eval", f"--weights={d}/tiny.keras", f"--val_list={d}/nowhere.txt",
+                                    "--data_format=frames", "--num_classes=3"],
         # Without the streak check, the repeated training dataset dropped sample after sample and never ended.
         "nothing readable": train + [f"--train_list={d}/nowhere.txt", f"--model_dir={d}/r4", "--num_classes=2",
                                      "--backbone=resnet10", "--image_size=32", "--num_segments=2", "--batch_size=2",
@@ -71,6 +74,8 @@ def runs(tmp_path_factory):
     ("streaming precision", "--streaming exports float32 only"),
     ("damaged run config", "{d}/damaged/config.json:2: not valid JSON"),
     ("not a SavedModel", "{d}/damaged: no saved_model.pb there nor in a numbered version folder below it"),
+    ("clip shape of the model", "{d}/tiny.keras takes clips of 2 segments of 32 px, not 8 of 224 px: evaluate it "
+                                "with --num_segments=2 --image_size=32 (and a --scale_size"),
     ("nothing readable", "500 samples in a row could not be read (the last: {d}/clip_"),
     ("bad sample, fail policy", "cannot read frame (No such file or directory) (--on_bad_sample=fail"),
 ])

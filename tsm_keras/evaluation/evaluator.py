@@ -205,6 +205,23 @@ def distributed_metrics_function(strategy, model, data, config, split="val", pro
     return run
 
 
+def _check_input_spec(model, config):
+    """A model built for a fixed clip shape (a `.keras` file) evaluated with other --num_segments/--image_size:
+    say which flags fit it, instead of Keras' input-shape error from inside the first batch."""
+    from tsm_keras.models.inference import model_input_spec
+
+    num_segments, image_size = model_input_spec(model)
+    if num_segments != config.num_segments or (image_size and image_size != config.image_size):
+        size = image_size or config.image_size
+        raise UsageError(
+            f"{config.weights} takes clips of {num_segments} segments"
+            + (f" of {image_size} px" if image_size else "")
+            + f", not {config.num_segments} of {config.image_size} px: evaluate it with --num_segments={num_segments}"
+            + (f" --image_size={image_size}" if image_size else "")
+            + f" (and a --scale_size for the short side before the crop: {round(size * 256 / 224)} keeps the "
+            "references' 256/224).")
+
+
 def evaluate(config, *, dataset=None, data=None):
     """`--mode=eval`: metrics of the trained model on the validation list; reports next to the weights.
 
@@ -228,9 +245,12 @@ def evaluate(config, *, dataset=None, data=None):
     if distributed:
         with strategy.scope():
             model, run_config, label_names = load_trained(config)
+        _check_input_spec(model, run_config)
         metrics = Evaluator(model, run_config, data, strategy=strategy, progress=True).run()
     else:
         model, run_config, label_names = load_trained(config)
+        if dataset is None:
+            _check_input_spec(model, run_config)
         metrics = Evaluator(model, run_config, data, dataset=dataset, progress=True).run()
     views = run_config.test_clips * run_config.test_crops
     metrics["views"] = views
