@@ -23,6 +23,7 @@ def runs(tmp_path_factory, tiny_tsm):
     """Every case run, the `--debug` one in its own process alongside the others' batch."""
     d = tmp_path_factory.mktemp("cli")
     tiny_tsm.save(str(d / "tiny.keras"))  # 2 segments of 32 px
+    (d / "afile").write_text("a file where the export folder should go")
     (d / "bad.txt").write_text("clip_a 12 0\nclip_b twelve 1\n")
     (d / "labels3.txt").write_text("x\ny\nz\n")
     (d / "weights.bin").write_bytes(b"not a checkpoint")
@@ -41,6 +42,7 @@ def runs(tmp_path_factory, tiny_tsm):
         "streaming precision": ["--mode=export", "--streaming", "--export_precision=bfloat16"],
         "damaged run config": ["--mode=eval", f"--model_dir={d}/damaged"],
         "not a SavedModel": ["--mode=predict", f"--saved_model={d}/damaged", f"--input={d}/nowhere.txt"],
+        "path in the way": ["--mode=export", f"--weights={d}/tiny.keras", f"--export_dir={d}/afile"],
         "clip shape of the model": ["--mode=eval", f"--weights={d}/tiny.keras", f"--val_list={d}/nowhere.txt",
                                     "--data_format=frames", "--num_classes=3"],
         # Without the streak check, the repeated training dataset dropped sample after sample and never ended.
@@ -74,6 +76,7 @@ def runs(tmp_path_factory, tiny_tsm):
     ("streaming precision", "--streaming exports float32 only"),
     ("damaged run config", "{d}/damaged/config.json:2: not valid JSON"),
     ("not a SavedModel", "{d}/damaged: no saved_model.pb there nor in a numbered version folder below it"),
+    ("path in the way", "{d}/afile: File exists; check the paths given (--debug shows where it failed)"),
     ("clip shape of the model", "{d}/tiny.keras takes clips of 2 segments of 32 px, not 8 of 224 px: evaluate it "
                                 "with --num_segments=2 --image_size=32 (and a --scale_size"),
     ("nothing readable", "500 samples in a row could not be read (the last: {d}/clip_"),
@@ -97,3 +100,30 @@ def test_debug_shows_the_traceback(runs):
 def test_no_lock_is_left_behind_by_a_failed_start(runs):
     d, _ = runs
     assert os.path.isdir(d / "r1") and not os.path.exists(d / "r1" / ".lock")
+
+
+def test_dispatch_keeps_the_traceback_of_a_bug_and_reports_a_path_error_in_one_line(monkeypatch, capsys, tmp_path):
+    from tsm_keras import modes
+
+    def bug(config):
+        raise RuntimeError("a bug")
+
+    def in_the_way(config):
+        os.makedirs(tmp_path / "afile" / "sub")
+
+    def not_about_a_path(config):
+        raise OSError(5, "Input/output error")
+
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setitem(modes.MODES, "bug", bug)
+    monkeypatch.setitem(modes.MODES, "in_the_way", in_the_way)
+    monkeypatch.setitem(modes.MODES, "io", not_about_a_path)
+    with pytest.raises(RuntimeError, match="a bug"):
+        modes.dispatch("bug", None)
+    with pytest.raises(OSError, match="Input/output error"):
+        modes.dispatch("io", None)
+    assert modes.dispatch("in_the_way", None) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'afile' / 'sub'}: Not a directory; check the paths given " \
+                                      "(--debug shows where it failed)\n"
+    with pytest.raises(NotADirectoryError):
+        modes.dispatch("in_the_way", None, debug=True)

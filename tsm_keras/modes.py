@@ -4,10 +4,13 @@ Each entry calls the one library function of its mode and turns its result into 
 last and the process's exit status. Only this module prints the final `top1=... top5=...` line.
 Imports are inside the entries, so a mode loads only what it needs.
 
-`dispatch` runs one and turns a user error (`tsm_keras.errors.UserError`) into one `error: <message>`
-line on stderr and exit status 2; other exceptions keep their traceback (bugs, environment failures).
+`dispatch` runs one and turns a user error (`tsm_keras.errors.UserError`, one raised inside the input
+pipeline, or an OSError about a path: in the way, no permission, read-only, no parent) into one
+`error: <message>` line on stderr and exit status 2; other exceptions keep their traceback (bugs,
+environment failures).
 """
 
+import errno
 import sys
 
 from tsm_keras.errors import UserError
@@ -104,15 +107,30 @@ MODES = {
 }
 
 
+_PATH_ERRORS = (PermissionError, FileExistsError, NotADirectoryError, IsADirectoryError, FileNotFoundError)
+
+
+def _path_error(error):
+    """An OSError about a path the user chose (a file where a folder must go, no permission, a read-only disk, a
+    parent that does not exist): the path and the reason, or None for anything else."""
+    if not isinstance(error, OSError) or not error.filename:
+        return None
+    if not isinstance(error, _PATH_ERRORS) and error.errno != errno.EROFS:
+        return None
+    return (f"{error.filename}: {error.strerror or error}" + (f" ({error.filename2})" if error.filename2 else "")
+            + "; check the paths given (--debug shows where it failed)")
+
+
 def dispatch(mode, config, debug=False):
     """Run `mode`; a `UserError` prints `error: <message>` and gives status 2 (`debug=True`: re-raised), also one
-    raised inside the input pipeline, which reaches here wrapped in a TensorFlow error."""
+    raised inside the input pipeline (which reaches here wrapped in a TensorFlow error) and an OSError about a
+    path (`_path_error`)."""
     from tsm_keras.data.bad_samples import pipeline_user_error
 
     try:
         return MODES[mode](config)
     except Exception as error:  # noqa: BLE001  (anything else is re-raised as it was)
-        user_error = error if isinstance(error, UserError) else pipeline_user_error(error)
+        user_error = error if isinstance(error, UserError) else pipeline_user_error(error) or _path_error(error)
         if user_error is None or debug:
             raise
         print(f"error: {user_error}", file=sys.stderr, flush=True)
