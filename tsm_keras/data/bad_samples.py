@@ -4,9 +4,10 @@
 `fail` stops with the file named. Readers return a placeholder of the right shape for a dropped
 sample, filtered out before batching.
 
-Under `skip`, `UNREADABLE_STREAK` bad samples in a row stop the pipeline with `NothingReadableError`
-(`nothing_readable`, called by the pipeline): a list whose paths all miss (a wrong `--data_root`) would
-otherwise make a repeated training dataset drop sample after sample forever without yielding a batch.
+Under `skip`, `UNREADABLE_STREAK` bad samples in a row stop the pipeline (an in-graph assert with the
+message `NOTHING_READABLE`, reported as `NothingReadableError`): a list whose paths all miss (a wrong
+`--data_root`) would otherwise make a repeated training dataset drop sample after sample forever without
+yielding a batch.
 Errors raised inside the pipeline reach the caller wrapped in a TensorFlow error; `BAD_SAMPLES.raised`
 keeps the originals (parallel reads may raise several), so that the CLI (`pipeline_user_error`) reports
 the one that surfaced as one line.
@@ -42,6 +43,11 @@ class NothingReadableError(UserError, RuntimeError):
     """`UNREADABLE_STREAK` samples in a row could not be read (under `--on_bad_sample=skip`)."""
 
 
+NOTHING_READABLE = (f"{UNREADABLE_STREAK} samples in a row could not be read (the last ones are named above): check "
+                    "--data_root and the paths in the list file, or the files themselves (--on_bad_sample=fail stops "
+                    "at the first)")
+
+
 class BadSampleCounter:
     """Counts samples skipped under `--on_bad_sample=skip`; logs each bad path once. Thread-safe.
 
@@ -54,14 +60,12 @@ class BadSampleCounter:
         self.total = 0
         self._since_take = 0
         self.paths = set()
-        self.last = None
         self.raised = collections.deque(maxlen=64)
 
     def record(self, error):
         with self._lock:
             self.total += 1
             self._since_take += 1
-            self.last = error
             first = error.path not in self.paths
             self.paths.add(error.path)
         if first:
@@ -93,7 +97,6 @@ class BadSampleCounter:
             self.total = 0
             self._since_take = 0
             self.paths = set()
-            self.last = None
             self.raised.clear()
 
 
@@ -116,19 +119,11 @@ def skip_or_raise(error, policy):
     BAD_SAMPLES.record(error)
 
 
-def nothing_readable(streak):
-    """Raise `NothingReadableError`: the pipeline saw `streak` unreadable samples in a row."""
-    last = BAD_SAMPLES.last
-    raise BAD_SAMPLES.remember(NothingReadableError(
-        f"{int(streak)} samples in a row could not be read"
-        + (f" (the last: {last})" if last is not None else "")
-        + ": check --data_root and the paths in the list file, or the files themselves "
-          "(--on_bad_sample=fail stops at the first)"))
-
-
 def pipeline_user_error(error):
     """The user error raised inside the input pipeline that `error` (TensorFlow's wrapping of it) carries, or None."""
     message = str(error)
+    if NOTHING_READABLE in message:  # the pipeline's in-graph check (it cannot carry a Python exception)
+        return NothingReadableError(NOTHING_READABLE)
     for raised in reversed(BAD_SAMPLES.raised):
         if raised is not error and str(raised) in message:
             return raised

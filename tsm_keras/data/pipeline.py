@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from tsm_keras.data import lists, sampling, tfrecord_format
-from tsm_keras.data.bad_samples import BAD_SAMPLES, UNREADABLE_STREAK, nothing_readable, placeholder_jpeg
+from tsm_keras.data.bad_samples import BAD_SAMPLES, NOTHING_READABLE, UNREADABLE_STREAK, placeholder_jpeg
 from tsm_keras.data.clips import eval_clip, train_clip_from_frames, train_clip_from_jpegs
 from tsm_keras.data.readers import tfrecord as tfrecord_reader
 from tsm_keras.data.readers.frames import frames_reader
@@ -55,21 +55,9 @@ def _record_dropped(count):
     return np.int64(count)
 
 
-def _stop_on_unreadable_streak(dataset):
-    """Pass `(clip, label, ok)` elements on; `UNREADABLE_STREAK` not-ok ones in a row raise NothingReadableError."""
-    def step(streak, element):
-        clip, label, ok = element
-        streak = tf.where(ok, tf.constant(0, tf.int64), streak + 1)
-        streak = tf.cond(streak >= UNREADABLE_STREAK,
-                         lambda: tf.ensure_shape(tf.numpy_function(nothing_readable, [streak], tf.int64), []),
-                         lambda: streak)
-        return streak, (clip, label, ok)
-
-    return dataset.scan(tf.constant(0, tf.int64), step)
-
-
 def _count_dropped(dataset, total):
-    """Count the elements `ignore_errors` dropped: `(index, clip, label, ok)` -> `(clip, label, ok)`.
+    """Count the elements `ignore_errors` dropped: `(index, clip, label, ok)` -> `(clip, label, ok)`;
+    `UNREADABLE_STREAK` unreadable ones in a row (not ok, or dropped) raise NothingReadableError.
 
     Indices are consecutive before the decoding map; a sequential scan finds the gaps and records them
     in BAD_SAMPLES. `total` (the number of indices of a finite dataset, None when unknown or infinite)
@@ -82,16 +70,23 @@ def _count_dropped(dataset, total):
                     tf.zeros([], dataset.element_spec[2].dtype), tf.constant(False))
         dataset = dataset.concatenate(tf.data.Dataset.from_tensors(sentinel))
 
-    def step(expected, element):
-        index = element[0]
+    def step(state, element):
+        expected, streak = state
+        index, ok = element[0], element[-1]
         gap = index - expected
         recorded = tf.cond(gap > 0, lambda: tf.reshape(tf.numpy_function(_record_dropped, [gap], tf.int64), []),
                            lambda: tf.zeros([], tf.int64))
-        with tf.control_dependencies([recorded]):
+        # Unreadable in a row, the dropped ones included: a list that points at nothing readable would otherwise
+        # make a repeated dataset drop sample after sample forever without yielding one.
+        # An Assert, not a tf.cond calling Python: a second cond per element cost 5-8 % of the pipeline's
+        # clips/s on one core (benchmarks/input_speed.py).
+        streak = tf.where(ok, tf.zeros([], tf.int64), streak + gap + 1)
+        readable = tf.debugging.Assert(streak < UNREADABLE_STREAK, [NOTHING_READABLE])
+        with tf.control_dependencies([recorded, readable]):
             following = tf.identity(index + 1)
-        return following, element[1:]
+        return (following, streak), element[1:]
 
-    return dataset.scan(tf.constant(0, tf.int64), step)
+    return dataset.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), step)
 
 
 def _is_good(clip, label, ok):
@@ -289,7 +284,7 @@ def build_dataset(config, split, *, batch_size=None, shuffle=None, repeat=False,
         dataset = _count_dropped(dataset.ignore_errors(log_warning=True), total)
     else:
         dataset = dataset.map(lambda index, *rest: rest)
-    dataset = _stop_on_unreadable_streak(dataset).filter(_is_good).map(_drop_flag)
+    dataset = dataset.filter(_is_good).map(_drop_flag)
     if batch_size:
         dataset = dataset.batch(batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE,
                                 deterministic=True)
