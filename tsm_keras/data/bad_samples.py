@@ -111,8 +111,7 @@ def as_bad_sample(error, path):
 
 
 def skip_or_raise(error, policy):
-    """`policy` "fail": raise `error` (saying how to skip instead); "skip": count it (and raise
-    `NothingReadableError` at `UNREADABLE_STREAK` in a row)."""
+    """`policy` "fail": raise `error` (saying how to skip instead); "skip": count it."""
     if policy == "fail":
         raise BAD_SAMPLES.remember(BadSampleError(
             error.path, f"{error.reason} (--on_bad_sample=fail; use skip to drop such samples)"))

@@ -78,8 +78,7 @@ def _count_dropped(dataset, total):
                            lambda: tf.zeros([], tf.int64))
         # Unreadable in a row, the dropped ones included: a list that points at nothing readable would otherwise
         # make a repeated dataset drop sample after sample forever without yielding one.
-        # An Assert, not a tf.cond calling Python: a second cond per element cost 5-8 % of the pipeline's
-        # clips/s on one core (benchmarks/input_speed.py).
+        # An Assert with a fixed message: no Python call per element (pipeline_user_error reports it).
         streak = tf.where(ok, tf.zeros([], tf.int64), streak + gap + 1)
         readable = tf.debugging.Assert(streak < UNREADABLE_STREAK, [NOTHING_READABLE])
         with tf.control_dependencies([recorded, readable]):

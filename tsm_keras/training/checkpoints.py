@@ -50,7 +50,8 @@ class CheckpointManager:
         path = os.path.join(self.directory, "best.json")
         if not os.path.exists(path):
             return None
-        record = disk.read_json(path, "the best checkpoint's marker: delete it to go on (the next best result writes it)")
+        record = disk.read_json(path, "the best checkpoint's marker: delete it to go on (the next best result "
+                                      "writes it)")
         return record.get("step") if isinstance(record, dict) else None
 
     def save(self, step, state, best=False):
