@@ -1,5 +1,7 @@
 """build_dataset end to end on real files: shapes, sampled frames, determinism, sharding, bad samples."""
 
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -159,6 +161,26 @@ def test_corrupt_jpeg_bodies_are_skipped_and_counted(media, where, caplog):
     before = BAD_SAMPLES.total
     assert sum(1 for _ in build_dataset(config, "train", batch_size=1, repeat=True).take(6)) == 6
     assert BAD_SAMPLES.total - before >= 2  # one per epoch passed (prefetching may read further)
+
+
+def test_a_repeated_list_whose_every_jpeg_body_is_corrupt_stops_instead_of_spinning(media):
+    """tf.data drops every element of such a list, so nothing would reach the streak check without the
+    end-of-epoch sentinel: the repeated dataset dropped sample after sample forever."""
+    from tsm_keras.data.bad_samples import NOTHING_READABLE, NothingReadableError, pipeline_user_error
+
+    for name in ("c1", "c2"):
+        for i in range(8):
+            path = media / "frames" / name / f"img_{i + 1:05d}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _garbage_body(path)
+    (media / "corrupt.txt").write_text("frames/c1 8 0\nframes/c2 8 1\n")
+    config = _config(data_format="frames", data_root=str(media), train_list=str(media / "corrupt.txt"))
+    before = BAD_SAMPLES.total
+    with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(NOTHING_READABLE[:40])) as raised:
+        next(iter(build_dataset(config, "train", batch_size=1, repeat=True)))
+    assert isinstance(pipeline_user_error(raised.value), NothingReadableError)
+    # 500 unreadable in a row: 250 epochs of 2, each counted (the check fires on the 500th).
+    assert BAD_SAMPLES.total - before >= 498
 
 
 def test_bad_sample_fail_policy_names_the_file(media):

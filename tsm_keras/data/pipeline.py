@@ -55,20 +55,27 @@ def _record_dropped(count):
     return np.int64(count)
 
 
+def _end_with_sentinel(dataset, total):
+    """Append one `(total, empty clip, 0, ok False)` element (filtered later) so that _count_dropped sees the
+    end of every epoch, and counts the elements dropped just before it. Unchanged when `total` is None."""
+    if total is None:
+        return dataset
+    clip_spec = dataset.element_spec[1]
+    empty_clip = tf.zeros([d or 0 for d in clip_spec.shape.as_list()], clip_spec.dtype)
+    sentinel = (tf.constant(total, tf.int64), empty_clip, tf.zeros([], dataset.element_spec[2].dtype),
+                tf.constant(False))
+    return dataset.concatenate(tf.data.Dataset.from_tensors(sentinel))
+
+
 def _count_dropped(dataset, total):
     """Count the elements `ignore_errors` dropped: `(index, clip, label, ok)` -> `(clip, label, ok)`;
     `UNREADABLE_STREAK` unreadable ones in a row (not ok, or dropped) raise NothingReadableError.
 
-    Indices are consecutive before the decoding map; a sequential scan finds the gaps and records them
-    in BAD_SAMPLES. `total` (the number of indices of a finite dataset, None when unknown or infinite)
-    ends the stream with a sentinel (ok False, filtered later) so that drops at the very end count too.
+    Indices are consecutive within an epoch, 0 to `total` - 1 (the number of elements of one epoch, None
+    when unknown), each epoch ending with _end_with_sentinel's element of index `total`; a sequential scan
+    finds the gaps and records them in BAD_SAMPLES.
     """
-    if total is not None:
-        clip_spec = dataset.element_spec[1]
-        empty_clip = tf.zeros([d or 0 for d in clip_spec.shape.as_list()], clip_spec.dtype)
-        sentinel = (tf.constant(total, tf.int64), empty_clip,
-                    tf.zeros([], dataset.element_spec[2].dtype), tf.constant(False))
-        dataset = dataset.concatenate(tf.data.Dataset.from_tensors(sentinel))
+    end = tf.constant(-1 if total is None else total, tf.int64)
 
     def step(state, element):
         expected, streak = state
@@ -76,13 +83,14 @@ def _count_dropped(dataset, total):
         gap = index - expected
         recorded = tf.cond(gap > 0, lambda: tf.reshape(tf.numpy_function(_record_dropped, [gap], tf.int64), []),
                            lambda: tf.zeros([], tf.int64))
-        # Unreadable in a row, the dropped ones included: a list that points at nothing readable would otherwise
-        # make a repeated dataset drop sample after sample forever without yielding one.
+        # Unreadable in a row, the dropped ones included (the sentinel is not a sample): a list that points at
+        # nothing readable would otherwise make a repeated dataset drop sample after sample forever.
         # An Assert with a fixed message: no Python call per element (pipeline_user_error reports it).
-        streak = tf.where(ok, tf.zeros([], tf.int64), streak + gap + 1)
+        at_end = tf.equal(index, end)
+        streak = tf.where(ok, tf.zeros([], tf.int64), streak + gap + tf.cast(tf.logical_not(at_end), tf.int64))
         readable = tf.debugging.Assert(streak < UNREADABLE_STREAK, [NOTHING_READABLE])
         with tf.control_dependencies([recorded, readable]):
-            following = tf.identity(index + 1)
+            following = tf.where(at_end, tf.zeros([], tf.int64), index + 1)  # the next epoch counts from 0
         return (following, streak), element[1:]
 
     return dataset.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), step)
@@ -205,8 +213,6 @@ def build_dataset(config, split, *, batch_size=None, shuffle=None, repeat=False,
 
     # One random int64 per element, new every epoch, drives both the frame sampling and the crop.
     dataset = tf.data.Dataset.zip((dataset, tf.data.Dataset.random(seed=seed + 2, rerandomize_each_iteration=True)))
-    if repeat:
-        dataset = dataset.repeat()
 
     def _from_jpegs(jpegs, label, ok, rand):
         if training:
@@ -265,8 +271,8 @@ def build_dataset(config, split, *, batch_size=None, shuffle=None, repeat=False,
     if numbered:
         # Last line of defence for data the Python checks cannot see (a corrupt JPEG body): tf.data drops
         # the failing elements; numbering them before the map lets _count_dropped count the gaps.
-        total = int(dataset.cardinality())
-        if total < 0 and not repeat and config.data_format == "tfrecord":
+        total = int(dataset.cardinality())  # one epoch's elements (the repeat comes after the reading)
+        if total < 0 and config.data_format == "tfrecord":
             total = tfrecord_reader.streamed_count(files, num_shards, shard_index)
         total = total if total is not None and total >= 0 else None
     dataset = dataset.enumerate()  # numbered under both policies: one element structure for the maps below
@@ -279,6 +285,12 @@ def build_dataset(config, split, *, batch_size=None, shuffle=None, repeat=False,
         return (index,) + tuple(load(*element))
 
     dataset = dataset.map(load_numbered, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if numbered:
+        # The end-of-epoch sentinel goes in before the repeat: then even an epoch whose every element
+        # ignore_errors drops (every JPEG body corrupt) reaches the scan, whose streak check ends the run.
+        dataset = _end_with_sentinel(dataset, total)
+    if repeat:
+        dataset = dataset.repeat()
     if numbered:
         dataset = _count_dropped(dataset.ignore_errors(log_warning=True), total)
     else:
