@@ -4,6 +4,7 @@ and the line, and what to do — never a JSONDecodeError traceback."""
 import os
 import re
 
+import numpy as np
 import pytest
 
 from tsm_keras import disk
@@ -58,10 +59,61 @@ def test_each_reader_reports_its_damaged_file(tmp_path, reader, relative, error,
     assert remedy.format(dir=os.path.dirname(path)) in message
 
 
-def test_a_run_config_that_is_not_an_object_is_refused(tmp_path):
-    path = _write(str(tmp_path / "config.json"), "[1, 2]")
-    with pytest.raises(DamagedFileError, match="expected a JSON object of settings, got list"):
-        Config.load(path)
+@pytest.mark.parametrize("reader, relative, error, what", [
+    (Config.load, "run/config.json", DamagedFileError, "the run's settings"),
+    (lambda path: _read_architecture(path.replace(".architecture.json", ".weights.h5")),
+     "converted/tsm.architecture.json", ConversionError, "a model config"),
+    (lambda path: read_manifest(os.path.dirname(path)), "tfrecords/manifest.json", DamagedFileError,
+     "the conversion's manifest"),
+    (lambda path: read_export_metadata(path[:-len(METADATA_FILE) - 1]), f"export/1/{METADATA_FILE}",
+     DamagedFileError, "export metadata"),
+    (lambda path: CheckpointManager(os.path.dirname(os.path.dirname(path)), None, None).restore(os.path.dirname(path)),
+     "checkpoints/ckpt-000000004/state.json", DamagedFileError, "the checkpoint's state"),
+])
+@pytest.mark.parametrize("text, kind", [("[1, 2]", "list"), ("3", "int"), ('"x"', "str"), ("null", "NoneType")])
+def test_valid_json_that_is_not_an_object_is_refused_naming_the_file(tmp_path, reader, relative, error, what, text,
+                                                                       kind):
+    """A file edited or overwritten by hand with valid JSON of another kind: a TypeError or KeyError deep in the
+    reader before."""
+    path = _write(str(tmp_path / relative), text)
+    with pytest.raises(error, match=f"^{re.escape(path)}: expected a JSON object \\({re.escape(what)}\\), "
+                                    f"got {kind}"):
+        reader(path)
+
+
+def _checkpoint(tmp_path):
+    import keras
+
+    model = keras.Sequential([keras.Input([3]), keras.layers.Dense(2)])
+    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    optimizer.build(model.trainable_variables)
+    manager = CheckpointManager(str(tmp_path / "checkpoints"), model, optimizer)
+    return manager, manager.save(4, {"epoch": 1})
+
+
+def test_a_checkpoint_with_damaged_parts_is_one_error_and_leaves_the_model_as_it_was(tmp_path):
+    manager, path = _checkpoint(tmp_path)
+    remedy = f"the checkpoint is damaged: delete {path} to resume from the one before it"
+    assert manager.restore()["epoch"] == 1
+    state_file, arrays_file = os.path.join(path, "state.json"), os.path.join(path, "variables.npz")
+    kernel = manager.model.layers[0].kernel
+    saved = kernel.numpy()
+    kernel.assign(np.zeros_like(saved))
+    # Cut short (a copy interrupted), then a foreign zip without the arrays: np.load's and zipfile's errors.
+    whole = open(arrays_file, "rb").read()
+    for content, reason in [(whole[:len(whole) // 2], "BadZipFile"), (b"", "EOFError")]:
+        with open(arrays_file, "wb") as f:
+            f.write(content)
+        with pytest.raises(DamagedFileError, match=f"^{re.escape(arrays_file)}: cannot be read \\({reason}: .*; "
+                                                   f"{re.escape(remedy)}$"):
+            manager.restore()
+    np.savez(arrays_file, v00000=saved)  # the kernel alone: nothing is assigned unless all are there
+    with pytest.raises(DamagedFileError, match=f"{re.escape(arrays_file)}: cannot be read \\(KeyError: "):
+        manager.restore()
+    assert not kernel.numpy().any()
+    _write(state_file, '{"epoch": 1}')
+    with pytest.raises(DamagedFileError, match=f"^{re.escape(state_file)}: no list of variable paths"):
+        manager.restore()
 
 
 def _cut_in_half(source, target):

@@ -10,7 +10,6 @@ import os
 from typing import List, Optional
 
 from tsm_keras import disk
-from tsm_keras.errors import DamagedFileError
 
 # The fields that describe the trained network (what `build_tsm` takes from a Config): a run's saved
 # config.json decides them at eval/export/predict, and a resume must not change them.
@@ -146,10 +145,7 @@ class Config:
     @classmethod
     def load(cls, path):
         remedy = "the run's settings, written by training: restore the file or use another --model_dir"
-        values = disk.read_json(path, remedy)
-        if not isinstance(values, dict):
-            raise DamagedFileError(f"{path}: expected a JSON object of settings, got {type(values).__name__}; "
-                                   f"{remedy}")
+        values = disk.read_json_object(path, "the run's settings", remedy)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         # Runs saved before the convention field existed were all built with the official shift.

@@ -62,6 +62,16 @@ def read_json(path, remedy="", error=DamagedFileError):
                     + (f"; {remedy}" if remedy else "")) from None
 
 
+def read_json_object(path, what, remedy="", error=DamagedFileError):
+    """`read_json` for a file that must hold a JSON object (`what` says of what): anything else (a list, a number,
+    a string ...) raises `error` naming the file and the type found."""
+    value = read_json(path, remedy, error)
+    if not isinstance(value, dict):
+        raise error(f"{path}: expected a JSON object ({what}), got {type(value).__name__}"
+                    + (f"; {remedy}" if remedy else ""))
+    return value
+
+
 def is_disk_full(error):
     """Whether `error` (an OSError, or TensorFlow's/h5py's wrapping of one) says the disk is full."""
     seen = set()

@@ -64,4 +64,5 @@ def read_export_metadata(saved_model_dir):
     path = os.path.join(saved_model_dir, METADATA_FILE)
     if not os.path.isfile(path):
         return None
-    return disk.read_json(path, "the export's metadata, written by --mode=export: export again")
+    return disk.read_json_object(path, "export metadata",
+                                 "the export's metadata, written by --mode=export: export again")

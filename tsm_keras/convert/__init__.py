@@ -272,11 +272,7 @@ def _read_architecture(weights_path):
     if not os.path.exists(sidecar):
         return None
     remedy = f"it holds the architecture of {weights_path}, written by --mode=convert: convert again"
-    config = disk.read_json(sidecar, remedy, error=ConversionError)
-    if not isinstance(config, dict):
-        raise ConversionError(f"{sidecar}: expected a JSON object (a model config), got {type(config).__name__}; "
-                              f"{remedy}")
-    return config
+    return disk.read_json_object(sidecar, "a model config", remedy, error=ConversionError)
 
 
 def _retarget(model, saved_config, path, num_classes, num_segments, skip_mismatched_head, build_kwargs):

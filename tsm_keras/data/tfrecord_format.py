@@ -132,7 +132,8 @@ def read_manifest(folder):
     path = os.path.join(folder, MANIFEST_FILE)
     if not os.path.isfile(path):
         return None
-    return disk.read_json(path, "written by --mode=tfrecords: convert again into an empty --tfrecord_dir")
+    return disk.read_json_object(path, "the conversion's manifest",
+                                 "written by --mode=tfrecords: convert again into an empty --tfrecord_dir")
 
 
 def manifest_videos(folder, split):

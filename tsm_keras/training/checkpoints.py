@@ -11,11 +11,12 @@ import json
 import os
 import re
 import shutil
+import zipfile
 
 import numpy as np
 
 from tsm_keras import disk
-from tsm_keras.errors import UsageError
+from tsm_keras.errors import DamagedFileError, UsageError
 
 _NAME = re.compile(r"^ckpt-(\d+)$")
 
@@ -87,20 +88,30 @@ class CheckpointManager:
         path = path or self.latest()
         if path is None:
             return None
-        state = disk.read_json(os.path.join(path, "state.json"),
-                               f"the checkpoint is damaged: delete {path} to resume from the one before it")
+        remedy = f"the checkpoint is damaged: delete {path} to resume from the one before it"
+        state_file = os.path.join(path, "state.json")
+        state = disk.read_json_object(state_file, "the checkpoint's state", remedy)
+        if not isinstance(state.get("paths"), list):
+            raise DamagedFileError(f"{state_file}: no list of variable paths ('paths'); {remedy}")
         variables = self._variables()
         if len(state["paths"]) != len(variables):
             raise UsageError(f"checkpoint {path} holds {len(state['paths'])} variables, this model and optimizer "
                              f"have {len(variables)}: it was written by a different --backbone/--num_classes/"
                              "--precision; use another --model_dir.")
-        with np.load(os.path.join(path, "variables.npz")) as arrays:
-            for i, variable in enumerate(variables):
-                value = arrays[f"v{i:05d}"]
-                if tuple(value.shape) != tuple(variable.shape):
-                    raise UsageError(f"checkpoint {path}: {state['paths'][i]} has shape {value.shape}, "
-                                     f"the model's {variable.path} {tuple(variable.shape)}.")
-                variable.assign(value)
+        arrays_file = os.path.join(path, "variables.npz")
+        try:
+            with np.load(arrays_file) as arrays:
+                values = [arrays[f"v{i:05d}"] for i in range(len(variables))]
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as failure:
+            # Cut short, overwritten or edited: np.load's or zipfile's own error says which.
+            raise DamagedFileError(f"{arrays_file}: cannot be read ({type(failure).__name__}: {failure}); "
+                                   f"{remedy}") from None
+        for name, value, variable in zip(state["paths"], values, variables):
+            if tuple(value.shape) != tuple(variable.shape):
+                raise UsageError(f"checkpoint {path}: {name} has shape {value.shape}, "
+                                 f"the model's {variable.path} {tuple(variable.shape)}.")
+        for value, variable in zip(values, variables):
+            variable.assign(value)
         return state
 
     def _prune(self):
