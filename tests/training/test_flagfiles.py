@@ -112,3 +112,29 @@ def test_online_mobilenetv2():
     from tsm_keras.models.streaming import check_streamable
 
     check_streamable(tsm_keras.build_tsm(**c.model_kwargs(num_segments=2, image_size=c.image_size)))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch_size=0"], "0 is not a positive integer"),
+    (["--lr=-1"], "-1.0 is not a non-negative number"),
+    (["--image_size=16"], "16 is not integer >= 32"),
+    (["--image_size=288"], "--scale_size (the short side before the evaluation crop) must be at least --image_size"),
+    (["--image_size=64", "--multi_scale_crop_size=48", "--scale_size=64"],
+     "--multi_scale_crop_size must be 0 or at least --image_size"),
+    (["--test_crops=2"], "--test_crops must be 1 (centre) or 3"),
+    (["--dropout=1"], "--dropout must be in [0, 1)"),
+    (["--label_smoothing=-0.1"], "--label_smoothing must be in [0, 1)"),
+    (["--lr_boundaries=20,x"], "--lr_boundaries must be whole epochs >= 0"),
+    (["--lr_values="], "--lr_values must be learning rates >= 0"),
+    (["--ucf101_split=4"], "4 is not an integer in the range [1, 3]"),
+])
+def test_a_bad_value_stops_at_parsing_before_any_work(argv, message):
+    """Each of these used to surface later: a traceback at build time, or an error after an epoch of training
+    (--test_crops=2, a --scale_size below --image_size)."""
+    from absl import flags
+
+    with pytest.raises(flags.IllegalFlagValueError) as caught:
+        _parse("--mode=train", *argv)
+    assert message in str(caught.value)
+    app.F.unparse_flags()
+    assert _parse("--mode=train", "--image_size=288", "--scale_size=320").image_size == 288
