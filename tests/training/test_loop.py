@@ -113,6 +113,18 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
         train(config, data=fake_data)
 
 
+def test_a_batch_larger_than_the_training_list_says_so_and_trains_one_step_an_epoch(tmp_path, capsys):
+    config = _config(tmp_path / "run", batch_size=2 * fake_data.NUM_TRAIN, steps_per_epoch=0, epochs=1,
+                     validate=False)
+    train(config, data=fake_data)
+    out = capsys.readouterr().out
+    assert (f"note: --batch_size={2 * fake_data.NUM_TRAIN} is more than the {fake_data.NUM_TRAIN} training samples: "
+            "each epoch is one step") in out
+    assert [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1]
+    train(_config(tmp_path / "fits", steps_per_epoch=0, epochs=1, validate=False), data=fake_data)
+    assert "note: --batch_size" not in capsys.readouterr().out
+
+
 def test_mirrored_over_two_logical_cpus_matches_one_device(tmp_path, monkeypatch):
     # Every global batch holds one clip 4 times: per-replica BatchNorm statistics (2 clips) then equal
     # the single device's (4 clips), so any difference would come from the gradient aggregation.

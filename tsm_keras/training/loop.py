@@ -82,7 +82,12 @@ def train(config, *, data=None, stop_after_steps=None):
         raise UsageError(f"the label map has {len(label_names)} classes but --num_classes={config.num_classes}.")
     steps_per_epoch = int(config.steps_per_epoch or 0)
     if steps_per_epoch <= 0:
-        steps_per_epoch = max(int(data.num_samples(config, "train")) // global_batch, 1)
+        train_samples = int(data.num_samples(config, "train"))
+        steps_per_epoch = max(train_samples // global_batch, 1)
+        if train_samples < global_batch and chief:
+            print(f"note: --batch_size={global_batch} is more than the {train_samples} training samples: each epoch "
+                  "is one step whose batch holds samples more than once (a smaller --batch_size sees each once a "
+                  "step)", flush=True)
 
     model_dir = config.model_dir
     runs.check_same_run(config, model_dir)
