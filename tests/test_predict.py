@@ -8,12 +8,15 @@ normalization and the label map end to end.
 
 import json
 import os
+import re
 import subprocess
 import sys
 
 import cv2
 import numpy as np
 import pytest
+
+from tsm_keras.errors import UsageError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -123,6 +126,29 @@ def test_predict_mode_prints_the_right_top1_and_goes_on_after_bad_videos(trained
     assert "predict: videos 11/11 [" in captured.err and "failed 2" in captured.err
 
 
+def test_a_list_none_of_whose_paths_exists_is_one_error_naming_the_list(trained_run, tmp_path):
+    """A wrong or missing --data_root: one error before any video, not one per line of a long list."""
+    from tsm_keras.modes import run_predict
+
+    root = trained_run["data"]["root"]
+    list_file = tmp_path / "to_predict.txt"
+    list_file.write_text("".join(f"{os.path.relpath(path, root)} 0\n" for path, _ in trained_run["videos"]))
+    first = os.path.relpath(trained_run["videos"][0][0], root)
+    config = trained_run["config"].replace(mode="predict", weights=trained_run["config"].model_dir,
+                                           input=str(list_file), data_root="")
+    with pytest.raises(UsageError, match=re.escape(f"{list_file}: none of the {len(trained_run['videos'])} paths "
+                                                   f"it names exists (the first: {first}); relative ones are read "
+                                                   "from the current folder: pass --data_root=")):
+        run_predict(config)
+    one = tmp_path / "one.txt"
+    one.write_text("hello\n")
+    with pytest.raises(UsageError, match=re.escape(f"{one}: the path it names does not exist (hello)")):
+        run_predict(config.replace(input=str(one)))
+    with pytest.raises(UsageError, match="joined to --data_root=/nowhere"):
+        run_predict(config.replace(data_root="/nowhere"))
+    assert run_predict(config.replace(data_root=root)) == 0
+
+
 def test_saved_model_and_keras_predict_the_same(trained_run, exported):
     import tsm_keras
 
@@ -217,6 +243,13 @@ def test_list_inputs_reads_folders_and_lists(tmp_path):
     assert list_inputs(str(tmp_path / "videos")) == [str(tmp_path / "videos" / n) for n in ("a.mp4", "b.avi",
                                                                                               "c_frames")]
     assert list_inputs(str(frames)) == [str(frames)]  # a frame folder is one video
+    # Below it too, in sorted order (videos/<class>/<video>, Kinetics' layout); a frame folder is not searched.
+    for name in ("z_class/d.mp4", "m_class/sub/e.webm", "m_class/.f.mp4", ".hidden_class/g.mp4",
+                 "c_frames/h.mp4"):
+        (tmp_path / "videos" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "videos" / name).write_text("")
+    assert list_inputs(str(tmp_path / "videos")) == [str(tmp_path / "videos" / n) for n in (
+        "a.mp4", "b.avi", "c_frames", "m_class/sub/e.webm", "z_class/d.mp4")]
     listing = tmp_path / "val.txt"
     listing.write_text("x/my video.avi 3\n\ny/frames_dir 24 7\n/abs/z.mp4\n")
     assert list_inputs(str(listing), data_root="/data") == ["/data/x/my video.avi", "/data/y/frames_dir",

@@ -395,6 +395,8 @@ def predict_videos(config):
     classifier = load(_model_source(config), config=config, top_k=top_k)
     classifier.require_clips()  # a streaming export: one error, not one per video
     paths = list_inputs(config.input, config.data_root, classifier.frame_template)
+    if len(paths) > 1 or paths[0] != config.input:
+        _check_some_exist(config.input, paths, config.data_root)
     output = config.output
     sink = None
     if output:
@@ -432,6 +434,17 @@ def predict_videos(config):
     return {"videos": len(paths), "failed": failures}
 
 
+def _check_some_exist(spec, paths, data_root):
+    """A list file none of whose paths exists is one error (a wrong --data_root typically), not one per video."""
+    if os.path.isdir(spec) or any(os.path.exists(path) for path in paths):
+        return
+    where = (f"they were joined to --data_root={data_root}" if data_root else
+             "relative ones are read from the current folder: pass --data_root=<the folder they are relative to>")
+    named = (f"the path it names does not exist ({paths[0]})" if len(paths) == 1 else
+             f"none of the {len(paths)} paths it names exists (the first: {paths[0]})")
+    raise UsageError(f"{spec}: {named}; {where}")
+
+
 def predict_online(config):
     """`--mode=predict --online`: stream each video frame by frame through a uni-directional TSM, printing the
     smoothed top-1 every `--online_every` streamed frames (and at the last one) with the frame's latency, then
@@ -454,6 +467,8 @@ def predict_online(config):
     classifier = load(_model_source(config), config=config, top_k=top_k)
     stream = classifier.stream(history=config.online_history, top_k=top_k)
     paths = list_inputs(config.input, config.data_root, classifier.frame_template)
+    if len(paths) > 1 or paths[0] != config.input:
+        _check_some_exist(config.input, paths, config.data_root)
     sink = None
     if config.output:
         os.makedirs(os.path.dirname(os.path.abspath(config.output)), exist_ok=True)

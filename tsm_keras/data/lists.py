@@ -192,9 +192,9 @@ def resolve_lists(config):
 
 
 def list_inputs(spec, data_root="", frame_template="img_{:05d}.jpg"):
-    """Videos named by `--input`: a video file, a frame folder, a folder of videos/frame folders, or a
-    list file (one path per line; PaddleVideo's `path [num_frames] label` lines work, the numbers are
-    dropped; relative paths are joined to `data_root`)."""
+    """Videos named by `--input`: a video file, a frame folder, a folder with videos or frame folders in it or
+    below it (sorted paths), or a list file (one path per line; PaddleVideo's `path [num_frames] label` lines
+    work, the numbers are dropped; relative paths are joined to `data_root`)."""
     from tsm_keras.data.decode import count_frame_files  # OpenCV: only when a folder is searched
 
     if not spec:
@@ -203,18 +203,20 @@ def list_inputs(spec, data_root="", frame_template="img_{:05d}.jpg"):
         if count_frame_files(spec, frame_template) > 0:
             return [spec]
         found = []
-        for name in sorted(os.listdir(spec)):
-            path = os.path.join(spec, name)
-            if name.startswith("."):
-                continue
-            if os.path.isdir(path) and count_frame_files(path, frame_template) > 0:
-                found.append(path)
-            elif os.path.isfile(path) and name.lower().endswith(VIDEO_EXTENSIONS):
-                found.append(path)
+        # The whole tree, in sorted order: a class-per-folder layout (videos/<class>/<video>) is the common one.
+        for folder, subfolders, files in os.walk(spec):
+            subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+            for name in list(subfolders):
+                path = os.path.join(folder, name)
+                if count_frame_files(path, frame_template) > 0:  # a frame folder is one video: not searched
+                    found.append(path)
+                    subfolders.remove(name)
+            found.extend(os.path.join(folder, name) for name in files
+                         if not name.startswith(".") and name.lower().endswith(VIDEO_EXTENSIONS))
         if not found:
             raise UsageError(f"{spec}: no video files ({', '.join(VIDEO_EXTENSIONS)}) or frame folders "
-                             f"({frame_template.format(1)}, ...) in it.")
-        return found
+                             f"({frame_template.format(1)}, ...) in it or below it.")
+        return sorted(found)
     if os.path.isfile(spec) and spec.lower().endswith(LIST_EXTENSIONS):
         paths = []
         for _, line in disk.read_text_lines(spec, error=ListFileError):
