@@ -253,3 +253,46 @@ def test_importing_tensorflow_first_with_onednn_off_warns_once():
     assert run.returncode == 0, run.stderr
     assert "DECISION too-late False" in run.stdout
     assert run.stderr.count("TensorFlow was imported before tsm_keras with oneDNN off") == 1
+
+
+def test_library_info_is_hidden_inside_and_back_after():
+    """Export's TensorFlow/tf2onnx INFO lines: dropped inside, warnings kept, this tool's INFO kept; an absl logger
+    level reset inside (tf.saved_model.save does it) still drops them; a DEBUG logger (--verbosity=1) keeps all."""
+    import logging
+
+    from absl import logging as absl_logging
+
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append((record.name, record.levelname, record.getMessage()))
+
+    handler, root = Keep(), logging.getLogger()
+    root.addHandler(handler)
+    previous = root.level
+    root.setLevel(logging.INFO)  # as absl's app.run leaves it
+    absl_logger, child = logging.getLogger("absl"), logging.getLogger("tf2onnx.tfonnx")
+    levels = [(logger, logger.level) for logger in (absl_logger, logging.getLogger("tf2onnx"), child)]
+    for logger, _ in levels:  # what other tests in this process left
+        logger.setLevel(logging.NOTSET)
+    try:
+        with runtime.library_info_hidden():
+            absl_logging.info("tf info")
+            absl_logger.setLevel(logging.NOTSET)
+            absl_logging.info("tf info after a reset")
+            absl_logging.warning("tf warning")
+            child.info("tf2onnx info")
+            logging.getLogger("tsm_keras.convert").info("our info")
+        absl_logging.info("tf info after")
+        child.info("tf2onnx info after")
+        absl_logger.setLevel(logging.DEBUG)
+        with runtime.library_info_hidden():
+            absl_logging.info("asked for")
+    finally:
+        for logger, level in levels:
+            logger.setLevel(level)
+        root.removeHandler(handler)
+        root.setLevel(previous)
+    assert [message for _, _, message in seen] == ["tf warning", "our info", "tf info after", "tf2onnx info after",
+                                                   "asked for"]

@@ -68,9 +68,11 @@ def run_convert(config):
 
 
 def run_export(config):
+    from tsm_keras import runtime
     from tsm_keras.export import export_model
 
-    export_model(config)
+    with runtime.library_info_hidden():
+        export_model(config)
     return 0
 
 

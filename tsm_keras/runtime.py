@@ -13,6 +13,7 @@ and elsewhere runs Eigen kernels, whose conv input gradient is pathologically sl
   the optimizer), mixed_bfloat16, or `auto` (`choose_precision`: what the hardware runs natively).
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -228,6 +229,31 @@ class quiet_tensorflow_startup:
         if _SEVERITY[line[0]] < self.level:
             return True
         return "failed call to cuInit" in line and not self.nvidia_driver
+
+
+def _warnings_and_above(record):
+    return record.levelno >= logging.WARNING
+
+
+@contextlib.contextmanager
+def library_info_hidden(names=("absl", "tensorflow", "tf2onnx")):
+    """Inside: the INFO lines of these libraries' Python loggers are dropped (their warnings and errors stay),
+    unless a logger shows DEBUG (absl's `--verbosity=1`). app.py's absl logging shows INFO, where this tool's
+    own notes go (its `tsm_keras.*` loggers are not among these); exporting printed TensorFlow's ("Sharding
+    callback duration: 35 microseconds", "Assets written to ...", twice) and tf2onnx's stages around the one
+    line that says what was written. A level (for the records of child loggers, tf2onnx's) and a filter
+    (`tf.saved_model.save` resets the absl logger's level)."""
+    loggers = [logging.getLogger(name) for name in names]
+    loggers = [(logger, logger.level) for logger in loggers if logger.getEffectiveLevel() > logging.DEBUG]
+    for logger, _ in loggers:
+        logger.setLevel(logging.WARNING)
+        logger.addFilter(_warnings_and_above)
+    try:
+        yield
+    finally:
+        for logger, level in loggers:
+            logger.removeFilter(_warnings_and_above)
+            logger.setLevel(level)
 
 
 # ------------------------------------------------------------------------------------------ exit

@@ -27,10 +27,14 @@ def _require_tf2onnx():
     except ImportError as error:
         raise ImportError("ONNX export needs tf2onnx and onnx: pip install 'tsm-keras[export]' "
                           "(tf2onnx, onnx, onnxruntime).") from error
-    try:  # tf2onnx 1.17 predates NumPy 2; Keras ships the patch it uses for its own ONNX export.
-        from keras.src.export.tf2onnx_lib import patch_tf2onnx
+    import warnings
 
-        patch_tf2onnx()
+    try:  # tf2onnx 1.17 predates NumPy 2; Keras ships the patch it uses for its own ONNX export.
+        with warnings.catch_warnings():  # its `hasattr(np, "object")` probe warns on NumPy 2
+            warnings.simplefilter("ignore", FutureWarning)
+            from keras.src.export.tf2onnx_lib import patch_tf2onnx
+
+            patch_tf2onnx()
     except ImportError:
         pass
     return tf2onnx
