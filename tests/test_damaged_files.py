@@ -38,19 +38,29 @@ def test_read_json_names_the_file_line_and_column_and_says_what_to_do(tmp_path):
         disk.read_json(str(tmp_path / "missing.json"))
 
 
-@pytest.mark.parametrize("reader, relative, error, remedy", [
-    (Config.load, "run/config.json", DamagedFileError, "restore the file or use another --model_dir"),
-    (read_json, "labels.json", ListFileError, ""),
-    (lambda path: _read_architecture(path.replace(".architecture.json", ".weights.h5")),
-     "converted/tsm.architecture.json", ConversionError, "written by --mode=convert: convert again"),
-    (lambda path: read_manifest(os.path.dirname(path)), "tfrecords/manifest.json", DamagedFileError,
-     "convert again into an empty --tfrecord_dir"),
-    (lambda path: read_export_metadata(path[:-len(METADATA_FILE) - 1]), f"export/1/{METADATA_FILE}",
-     DamagedFileError, "export again"),
-    (lambda path: CheckpointManager(os.path.dirname(os.path.dirname(path)), None, None).restore(os.path.dirname(path)),
-     "checkpoints/ckpt-000000004/state.json", DamagedFileError, "delete {dir} to resume from the one before it"),
-])
-def test_each_reader_reports_its_damaged_file(tmp_path, reader, relative, error, remedy):
+# Each reader of a JSON file the tool reads back: (reader(path), path below tmp_path, error type, the remedy its
+# message ends with, what the file holds). The JSON label map reader takes lists too, so it is not among the
+# object readers.
+READERS = {
+    "run config": (Config.load, "run/config.json", DamagedFileError, "restore the file or use another --model_dir",
+                   "the run's settings"),
+    "label map": (read_json, "labels.json", ListFileError, "", None),
+    "architecture": (lambda path: _read_architecture(path.replace(".architecture.json", ".weights.h5")),
+                     "converted/tsm.architecture.json", ConversionError, "written by --mode=convert: convert again",
+                     "a model config"),
+    "tfrecord manifest": (lambda path: read_manifest(os.path.dirname(path)), "tfrecords/manifest.json",
+                          DamagedFileError, "convert again into an empty --tfrecord_dir", "the conversion's manifest"),
+    "export metadata": (lambda path: read_export_metadata(path[:-len(METADATA_FILE) - 1]), f"export/1/{METADATA_FILE}",
+                        DamagedFileError, "export again", "export metadata"),
+    "checkpoint state": (lambda path: CheckpointManager(os.path.dirname(os.path.dirname(path)), None, None).restore(
+        os.path.dirname(path)), "checkpoints/ckpt-000000004/state.json", DamagedFileError,
+        "delete {dir} to resume from the one before it", "the checkpoint's state"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(READERS))
+def test_each_reader_reports_its_damaged_file(tmp_path, name):
+    reader, relative, error, remedy, _ = READERS[name]
     path = _write(str(tmp_path / relative), BROKEN)
     with pytest.raises(error) as caught:
         reader(path)
@@ -59,22 +69,12 @@ def test_each_reader_reports_its_damaged_file(tmp_path, reader, relative, error,
     assert remedy.format(dir=os.path.dirname(path)) in message
 
 
-@pytest.mark.parametrize("reader, relative, error, what", [
-    (Config.load, "run/config.json", DamagedFileError, "the run's settings"),
-    (lambda path: _read_architecture(path.replace(".architecture.json", ".weights.h5")),
-     "converted/tsm.architecture.json", ConversionError, "a model config"),
-    (lambda path: read_manifest(os.path.dirname(path)), "tfrecords/manifest.json", DamagedFileError,
-     "the conversion's manifest"),
-    (lambda path: read_export_metadata(path[:-len(METADATA_FILE) - 1]), f"export/1/{METADATA_FILE}",
-     DamagedFileError, "export metadata"),
-    (lambda path: CheckpointManager(os.path.dirname(os.path.dirname(path)), None, None).restore(os.path.dirname(path)),
-     "checkpoints/ckpt-000000004/state.json", DamagedFileError, "the checkpoint's state"),
-])
+@pytest.mark.parametrize("name", sorted(name for name, reader in READERS.items() if reader[4]))
 @pytest.mark.parametrize("text, kind", [("[1, 2]", "list"), ("3", "int"), ('"x"', "str"), ("null", "NoneType")])
-def test_valid_json_that_is_not_an_object_is_refused_naming_the_file(tmp_path, reader, relative, error, what, text,
-                                                                       kind):
+def test_valid_json_that_is_not_an_object_is_refused_naming_the_file(tmp_path, name, text, kind):
     """A file edited or overwritten by hand with valid JSON of another kind: a TypeError or KeyError deep in the
     reader before."""
+    reader, relative, error, _, what = READERS[name]
     path = _write(str(tmp_path / relative), text)
     with pytest.raises(error, match=f"^{re.escape(path)}: expected a JSON object \\({re.escape(what)}\\), "
                                     f"got {kind}"):
