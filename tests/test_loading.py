@@ -1,6 +1,7 @@
 """tsm_keras.loading: every source gives a model that takes the pipeline's raw 0-255 frames, with its labels."""
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -57,3 +58,33 @@ def test_a_label_map_of_another_size_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="3 names for a model with 5 classes"):
         label_names_for(Config(num_classes=5, label_map=str(names), data_format="frames"))
     assert label_names_for(Config(num_classes=3, label_map=str(names), data_format="frames")) == ["a", "b", "c"]
+
+
+def test_a_foreign_keras_model_or_weights_file_is_one_error_naming_it(tmp_path):
+    """Another Keras model's files: a KeyError ('num_segments') deep in eval/predict/export, a list of every
+    unmatched layer from convert, and one Keras warning per layer above the error, before."""
+    import warnings
+
+    import keras
+
+    from tsm_keras.config import Config
+    from tsm_keras.convert import ConversionError, load_model_from_source
+    from tsm_keras.loading import load_trained
+
+    other = keras.Sequential([keras.Input([4]), keras.layers.Dense(2)], name="other")
+    other.save(str(tmp_path / "other.keras"))
+    other.save_weights(str(tmp_path / "other.weights.h5"))
+    config = Config(num_classes=2, num_segments=2, backbone="resnet10", image_size=32, scale_size=32)
+    message = f"{tmp_path / 'other.keras'}: a Keras model (Sequential 'other'), not a TSM saved by tsm-keras"
+    with pytest.raises(ConversionError, match=f"^{re.escape(message)}"):
+        load_trained(config.replace(weights=str(tmp_path / "other.keras")))
+    with pytest.raises(ConversionError, match=f"^{re.escape(message)}"):
+        load_model_from_source(str(tmp_path / "other.keras"), config=config)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ConversionError) as raised:
+            load_model_from_source(str(tmp_path / "other.weights.h5"), config=config)
+    assert str(raised.value).startswith(f"{tmp_path / 'other.weights.h5'}: does not fit a resnet10 TSM built with "
+                                        "these arguments (A total of ")
+    assert "\n" not in str(raised.value) and len(str(raised.value)) < 400
+    assert not [w for w in caught if "Skipping" in str(w.message)]

@@ -26,6 +26,7 @@ def load_trained(config, source=None):
     """
     import keras
 
+    from tsm_keras.convert import require_tsm
     from tsm_keras.models import build_tsm, with_raw_frame_input
 
     if source is not None:
@@ -35,7 +36,7 @@ def load_trained(config, source=None):
         # The pipeline yields raw 0-255 frames; a converted .keras expects normalized ones.
         with _container_errors(weights):
             zipfile.ZipFile(weights).close()  # one cut short: Keras would say "File not found"
-            model = with_raw_frame_input(keras.models.load_model(weights, compile=False))
+            model = with_raw_frame_input(require_tsm(keras.models.load_model(weights, compile=False), weights))
     elif weights.endswith(".weights.h5") and runs.is_run_folder(model_dir):
         model = build_tsm(**run_config.model_kwargs(normalize_input=True))
         with _container_errors(weights):

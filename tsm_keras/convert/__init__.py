@@ -226,9 +226,22 @@ def _load_keras(path):
     # The layers and TSM are registered for deserialization: importing this package ran tsm_keras first.
 
     try:
-        return keras.saving.load_model(path)
+        model = keras.saving.load_model(path)
     except Exception as error:  # noqa: BLE001
         raise ConversionError(f"{path}: keras.saving.load_model failed: {error}") from None
+    return require_tsm(model, path)
+
+
+def require_tsm(model, path):
+    """`model`, loaded from the `.keras` file `path`, if it is a TSM of this project; else a ConversionError
+    (another Keras model: a KeyError deep in the input checks, or a list of 100 unmatched layers, before)."""
+    from tsm_keras.models import TSM
+
+    if not isinstance(model, TSM):
+        raise ConversionError(f"{path}: a Keras model ({type(model).__name__} {model.name!r}), not a TSM saved by "
+                              "tsm-keras; pass a run folder, a .keras written by --mode=convert, or a checkpoint "
+                              "format the converters read")
+    return model
 
 
 def _own_weights_classes(path):
@@ -243,11 +256,23 @@ def _own_weights_classes(path):
 
 
 def _load_own_weights_into(model, path):
+    import warnings
+
     try:
-        model.load_weights(path)
+        # Keras warns once per layer it cannot match before it raises: a foreign file gave ~50 warnings above
+        # the one error. They are shown only if the load succeeds.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.load_weights(path)
+        for warning in caught:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     except Exception as error:  # noqa: BLE001
+        # Keras' reason can list every layer of the model: its first line says enough.
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if reason.endswith(":") and ". " in reason:  # "25 objects could not be loaded. Example ... for <layer>:"
+            reason = reason[:reason.rindex(". ") + 1]
         raise ConversionError(f"{path}: does not fit a {model.backbone} TSM built with these arguments "
-                              f"({error}); pass the flags it was trained with (--backbone ...).") from None
+                              f"({reason[:300]}); pass the flags it was trained with (--backbone ...).") from None
 
 
 def _load_own_weights(path, config):
