@@ -125,6 +125,29 @@ def test_a_batch_larger_than_the_training_list_says_so_and_trains_one_step_an_ep
     assert "note: --batch_size" not in capsys.readouterr().out
 
 
+def test_a_missing_or_malformed_validation_list_stops_before_the_first_epoch(tmp_path, monkeypatch):
+    """Both used to stop the run at the first validation, after a whole epoch of training."""
+    from tsm_keras.data import ListFileError
+    from tsm_keras.data.synthetic import ensure_synthetic_dataset
+    from tsm_keras.training import step
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started before the validation list was read")
+
+    paths = ensure_synthetic_dataset(str(tmp_path / "data"), train_per_class=1, val_per_class=1, num_frames=8,
+                                     frame_size=32)
+    config = _config(tmp_path / "run", data_format="frames", data_root=paths["root"], num_classes=8,
+                     train_list=paths["train_frames_list"], label_map=paths["label_map"], val_list="",
+                     steps_per_epoch=0)
+    with monkeypatch.context() as patch:
+        patch.setattr(step, "make_train_step", no_training)
+        with pytest.raises(ListFileError, match="no list file for split 'val': pass --val_list"):
+            train(config)
+        with pytest.raises(ListFileError, match=r"val_videos\.txt:1: expected \"<frame_dir> <num_frames> <label>\""):
+            train(config.replace(val_list=paths["val_list"]))  # a videos list given to the frames format
+    train(config.replace(val_list=paths["val_frames_list"], epochs=1))
+
+
 def test_mirrored_over_two_logical_cpus_matches_one_device(tmp_path, monkeypatch):
     # Every global batch holds one clip 4 times: per-replica BatchNorm statistics (2 clips) then equal
     # the single device's (4 clips), so any difference would come from the gradient aggregation.

@@ -80,6 +80,9 @@ def train(config, *, data=None, stop_after_steps=None):
     label_names = list(data.load_label_names(config))
     if len(label_names) != config.num_classes:
         raise UsageError(f"the label map has {len(label_names)} classes but --num_classes={config.num_classes}.")
+    if config.validate:
+        # The validation list is read now: a missing or malformed one stopped the run after its first epoch.
+        data.num_samples(config, "val")
     steps_per_epoch = int(config.steps_per_epoch or 0)
     if steps_per_epoch <= 0:
         train_samples = int(data.num_samples(config, "train"))
