@@ -128,3 +128,28 @@ def test_dispatch_keeps_the_traceback_of_a_bug_and_reports_a_path_error_in_one_l
                                       "(--debug shows where it failed)\n"
     with pytest.raises(NotADirectoryError):
         modes.dispatch("in_the_way", None, debug=True)
+
+
+
+def test_no_skip_warning_follows_the_error_line(monkeypatch, caplog):
+    """The input pipeline's threads may still read while the process ends after `error: ...`."""
+    monkeypatch.syspath_prepend(REPO)
+    import app
+    from tsm_keras import modes
+    from tsm_keras.data.bad_samples import BAD_SAMPLES, BadSampleError, NothingReadableError
+
+    def unreadable(config):
+        raise NothingReadableError("nothing could be read")
+
+    monkeypatch.setitem(modes.MODES, "unreadable", unreadable)
+    monkeypatch.setattr(app, "config_from_flags", lambda flag_values: None)
+    monkeypatch.setattr(app, "F", type("Flags", (), {"mode": "unreadable", "debug": False})())
+    try:
+        BAD_SAMPLES.reset()
+        BAD_SAMPLES.record(BadSampleError("/data/before.mp4", "missing"))
+        assert app.main([]) == 2
+        BAD_SAMPLES.record(BadSampleError("/data/after.mp4", "missing"))
+        BAD_SAMPLES.record_unknown(3, "dropped by tf.data")
+        assert "before.mp4" in caplog.text and "after.mp4" not in caplog.text and "3 bad" not in caplog.text
+    finally:
+        BAD_SAMPLES.reset()

@@ -52,7 +52,8 @@ class BadSampleCounter:
     """Counts samples skipped under `--on_bad_sample=skip`; logs each bad path once. Thread-safe.
 
     The pipeline records into the module-level `BAD_SAMPLES`; the training loop reads
-    `BAD_SAMPLES.take()` at the end of an epoch (count since the last take) or `.total`.
+    `BAD_SAMPLES.take()` at the end of an epoch (count since the last take) or `.total`. `quiet`
+    (set once a run has failed with a user error) keeps counting without logging.
     """
 
     def __init__(self):
@@ -61,6 +62,7 @@ class BadSampleCounter:
         self._since_take = 0
         self.paths = set()
         self.raised = collections.deque(maxlen=64)
+        self.quiet = False
 
     def record(self, error):
         with self._lock:
@@ -68,7 +70,7 @@ class BadSampleCounter:
             self._since_take += 1
             first = error.path not in self.paths
             self.paths.add(error.path)
-        if first:
+        if first and not self.quiet:
             log.warning("skipping bad sample %s", error)
 
     def remember(self, error):
@@ -84,7 +86,8 @@ class BadSampleCounter:
         with self._lock:
             self.total += count
             self._since_take += count
-        log.warning("skipping %d bad sample%s (%s)", count, "" if count == 1 else "s", reason)
+        if not self.quiet:
+            log.warning("skipping %d bad sample%s (%s)", count, "" if count == 1 else "s", reason)
 
     def take(self):
         """Samples skipped since the previous `take()` (and reset that count)."""
@@ -98,6 +101,7 @@ class BadSampleCounter:
             self._since_take = 0
             self.paths = set()
             self.raised.clear()
+            self.quiet = False
 
 
 BAD_SAMPLES = BadSampleCounter()
