@@ -67,7 +67,6 @@ if __name__ == "__main__":  # not on `import app` (tests run app.main in a proce
 from absl import app, flags  # noqa: E402
 
 from tsm_keras.config import config_from_flags  # noqa: E402  (importing tsm_keras loads TensorFlow)
-from tsm_keras.data.bad_samples import BAD_SAMPLES  # noqa: E402
 from tsm_keras.modes import MODES, dispatch  # noqa: E402
 from tsm_keras.runtime import skip_exit_collection  # noqa: E402
 
@@ -248,12 +247,7 @@ flags.register_multi_flags_validator(
 
 def main(argv):
     del argv
-    status = dispatch(F.mode, config_from_flags(F), debug=F.debug)
-    if status:
-        # The process ends now; the input pipeline's threads may still read meanwhile: their skip warnings
-        # would come after the error line, which is the last word.
-        BAD_SAMPLES.quiet = True
-    return status
+    return dispatch(F.mode, config_from_flags(F), debug=F.debug, ending=True)
 
 
 if __name__ == "__main__":

@@ -131,10 +131,10 @@ def test_dispatch_keeps_the_traceback_of_a_bug_and_reports_a_path_error_in_one_l
 
 
 
+
 def test_no_skip_warning_follows_the_error_line(monkeypatch, caplog):
-    """The input pipeline's threads may still read while the process ends after `error: ...`."""
-    monkeypatch.syspath_prepend(REPO)
-    import app
+    """app.py's process ends after `error: ...` while the input pipeline's threads may still read: their skip
+    warnings stop first (`ending=True`); a dispatch inside a longer process keeps them."""
     from tsm_keras import modes
     from tsm_keras.data.bad_samples import BAD_SAMPLES, BadSampleError, NothingReadableError
 
@@ -142,14 +142,14 @@ def test_no_skip_warning_follows_the_error_line(monkeypatch, caplog):
         raise NothingReadableError("nothing could be read")
 
     monkeypatch.setitem(modes.MODES, "unreadable", unreadable)
-    monkeypatch.setattr(app, "config_from_flags", lambda flag_values: None)
-    monkeypatch.setattr(app, "F", type("Flags", (), {"mode": "unreadable", "debug": False})())
     try:
         BAD_SAMPLES.reset()
+        assert modes.dispatch("unreadable", None) == 2
         BAD_SAMPLES.record(BadSampleError("/data/before.mp4", "missing"))
-        assert app.main([]) == 2
+        assert modes.dispatch("unreadable", None, ending=True) == 2
         BAD_SAMPLES.record(BadSampleError("/data/after.mp4", "missing"))
         BAD_SAMPLES.record_unknown(3, "dropped by tf.data")
         assert "before.mp4" in caplog.text and "after.mp4" not in caplog.text and "3 bad" not in caplog.text
+        assert BAD_SAMPLES.total == 5  # still counted
     finally:
         BAD_SAMPLES.reset()

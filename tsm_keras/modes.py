@@ -123,11 +123,12 @@ def _path_error(error):
             + "; check the paths given (--debug shows where it failed)")
 
 
-def dispatch(mode, config, debug=False):
+def dispatch(mode, config, debug=False, ending=False):
     """Run `mode`; a `UserError` prints `error: <message>` and gives status 2 (`debug=True`: re-raised), also one
     raised inside the input pipeline (which reaches here wrapped in a TensorFlow error) and an OSError about a
-    path (`_path_error`)."""
-    from tsm_keras.data.bad_samples import pipeline_user_error
+    path (`_path_error`). `ending`: the process ends after this call (app.py), so the input pipeline's skip
+    warnings stop before the error line: its threads may still read meanwhile, and the error is the last word."""
+    from tsm_keras.data.bad_samples import BAD_SAMPLES, pipeline_user_error
 
     try:
         return MODES[mode](config)
@@ -135,5 +136,7 @@ def dispatch(mode, config, debug=False):
         user_error = error if isinstance(error, UserError) else pipeline_user_error(error) or _path_error(error)
         if user_error is None or debug:
             raise
+        if ending:
+            BAD_SAMPLES.quiet = True
         print(f"error: {user_error}", file=sys.stderr, flush=True)
         return USER_ERROR_STATUS

@@ -53,7 +53,7 @@ class BadSampleCounter:
 
     The pipeline records into the module-level `BAD_SAMPLES`; the training loop reads
     `BAD_SAMPLES.take()` at the end of an epoch (count since the last take) or `.total`. `quiet`
-    (set once a run has failed with a user error) keeps counting without logging.
+    (set by `dispatch` when app.py's run fails with a user error) keeps counting without logging.
     """
 
     def __init__(self):
