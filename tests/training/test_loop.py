@@ -120,6 +120,7 @@ def test_a_batch_larger_than_the_training_list_says_so_and_trains_one_step_an_ep
     out = capsys.readouterr().out
     assert (f"note: --batch_size={2 * fake_data.NUM_TRAIN} is more than the {fake_data.NUM_TRAIN} training samples: "
             "each epoch is one step") in out
+    assert "clips_per_sec=n/a" in out  # one step: it builds the graph, no throughput to report
     assert [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1]
     train(_config(tmp_path / "fits", steps_per_epoch=0, epochs=1, validate=False), data=fake_data)
     assert "note: --batch_size" not in capsys.readouterr().out

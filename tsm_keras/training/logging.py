@@ -68,5 +68,11 @@ def append_metrics(path, record):
 
 
 def format_record(record):
-    """`epoch=3  step=144  lr=0.0100  ...`: floats to 4 decimals."""
-    return "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
+    """`epoch=3  step=144  lr=0.0100  ...`: floats to 4 decimals; a value not measured (None in metrics.jsonl,
+    e.g. the throughput of a one-step epoch, whose only step builds the graph) is `n/a`."""
+    def text(value):
+        if value is None:
+            return "n/a"
+        return f"{value:.4f}" if isinstance(value, float) else f"{value}"
+
+    return "  ".join(f"{k}={text(v)}" for k, v in record.items())
