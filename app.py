@@ -178,8 +178,8 @@ flags.DEFINE_list("lr_values", ["0.02", "0.002", "0.0002"], "Learning rates betw
 flags.DEFINE_float("momentum", 0.9, "Momentum.", lower_bound=0, upper_bound=1)
 flags.DEFINE_float("weight_decay", 1e-4, "L2 decay on conv and FC kernels (g + wd * w).", lower_bound=0)
 flags.DEFINE_float("clip_norm", 20.0, "Global gradient norm clip (0 = off).", lower_bound=0)
-flags.DEFINE_integer("lr_batch_size", 128, "Global batch the lr values are for; lr scales by batch_size/this (0 = off).",
-                     lower_bound=0)
+flags.DEFINE_integer("lr_batch_size", 128, "Global batch the lr values are for; lr scales by batch_size/this "
+                     "(0 = off).", lower_bound=0)
 flags.DEFINE_enum("lr_schedule", "piecewise", ["piecewise", "cosine"], "Learning-rate schedule by epoch.")
 flags.DEFINE_float("warmup_epochs", 0.0, "Linear lr warmup epochs (0 = none, as PaddleVideo's TSM).", lower_bound=0)
 flags.DEFINE_float("fc_weight_decay", 1e-4, "L2 decay on the FC kernel (PaddleVideo TSMHead's own).", lower_bound=0)
