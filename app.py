@@ -218,7 +218,6 @@ flags.DEFINE_boolean("debug", False, "Show the Python traceback of a user error 
 flags.DEFINE_boolean("deterministic", False, "Deterministic ops (bit-identical reruns and resumes; slower).")
 
 
-
 # Checked when the flags are parsed, before any work (a bad value used to surface after an epoch of training).
 flags.register_validator("test_crops", lambda n: n in (1, 3), "--test_crops must be 1 (centre) or 3 (along the "
                          "long side)")

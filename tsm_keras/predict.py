@@ -395,8 +395,7 @@ def predict_videos(config):
     classifier = load(_model_source(config), config=config, top_k=top_k)
     classifier.require_clips()  # a streaming export: one error, not one per video
     paths = list_inputs(config.input, config.data_root, classifier.frame_template)
-    if len(paths) > 1 or paths[0] != config.input:
-        _check_some_exist(config.input, paths, config.data_root)
+    _check_some_exist(config.input, paths, config.data_root)
     output = config.output
     sink = None
     if output:
@@ -435,8 +434,9 @@ def predict_videos(config):
 
 
 def _check_some_exist(spec, paths, data_root):
-    """A list file none of whose paths exists is one error (a wrong --data_root typically), not one per video."""
-    if os.path.isdir(spec) or any(os.path.exists(path) for path in paths):
+    """A list file none of whose paths exists is one error (a wrong --data_root typically), not one per video.
+    A single video or frame folder (`paths == [spec]`) and a folder's findings are left to the per-video report."""
+    if paths == [spec] or os.path.isdir(spec) or any(os.path.exists(path) for path in paths):
         return
     where = (f"they were joined to --data_root={data_root}" if data_root else
              "relative ones are read from the current folder: pass --data_root=<the folder they are relative to>")
@@ -467,8 +467,7 @@ def predict_online(config):
     classifier = load(_model_source(config), config=config, top_k=top_k)
     stream = classifier.stream(history=config.online_history, top_k=top_k)
     paths = list_inputs(config.input, config.data_root, classifier.frame_template)
-    if len(paths) > 1 or paths[0] != config.input:
-        _check_some_exist(config.input, paths, config.data_root)
+    _check_some_exist(config.input, paths, config.data_root)
     sink = None
     if config.output:
         os.makedirs(os.path.dirname(os.path.abspath(config.output)), exist_ok=True)
