@@ -199,9 +199,9 @@ flags.DEFINE_integer("seed", 0, "Random seed.")
 # Execution.
 flags.DEFINE_enum("strategy", "auto", ["auto", "one_device", "mirrored", "multi_worker"], "tf.distribute strategy.")
 flags.DEFINE_enum("precision", "auto", ["auto", "float32", "mixed_float16", "mixed_bfloat16"],
-                  "Precision policy. auto: training in mixed_bfloat16 where the hardware runs bfloat16 natively "
-                  "(CPU amx_bf16/avx512_bf16, NVIDIA compute capability >= 8.0), mixed_float16 on NVIDIA 7.x, "
-                  "else float32; evaluation, predict and export in float32.")
+                  "Precision policy. auto: training in mixed_bfloat16 where bfloat16 runs faster than float32 "
+                  "(CPU amx_bf16, or avx512_bf16 on AMD; NVIDIA compute capability >= 8.0), mixed_float16 on "
+                  "NVIDIA 7.x, else float32; evaluation, predict and export in float32.")
 flags.DEFINE_boolean("amp", False, "PaddleVideo's alias for --precision=mixed_float16.")
 flags.DEFINE_boolean("validate", False, "Evaluate on the val list after each epoch (see --validate_every).")
 flags.DEFINE_integer("validate_every", 1, "With --validate: evaluate after epochs N, 2N, 3N, ... and the last "

@@ -31,7 +31,6 @@ CONV_GRADIENTS = ("auto", "gemm", "native")
 CONV_GRADIENTS = ("auto", "gemm", "native")
 # The CPU flags that decide how fast this project runs (benchmarks report them).
 SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
-NATIVE_BFLOAT16_FLAGS = ("amx_bf16", "avx512_bf16")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 
@@ -310,11 +309,23 @@ def conv_gradients(environ=None):
 
 
 # ------------------------------------------------------------------------------------------ precision
-def choose_precision(cpu_flags, gpus=()):
+def cpu_vendor(cpu):
+    """"amd", "intel" or "" for a `parse_cpuinfo` description (its vendor field, else its model name)."""
+    text = (cpu["fields"].get("vendor_id") or cpu["fields"].get("Vendor ID") or cpu["model"]).lower()
+    return "amd" if "amd" in text else "intel" if "intel" in text else ""
+
+
+def choose_precision(cpu, gpus=()):
     """`(precision, reason)` for training on this hardware: a pure function of what was detected.
 
-    cpu_flags: the CPU's `/proc/cpuinfo` flags. gpus: `(name, (major, minor))` compute capabilities of
-    the visible NVIDIA GPUs. Every replica runs one policy, so the least capable GPU decides.
+    cpu: `parse_cpuinfo`'s description of the CPU (flags, vendor). gpus: `(name, (major, minor))` compute
+    capabilities of the visible NVIDIA GPUs. Every replica runs one policy, so the least capable GPU decides.
+
+    On CPUs, bfloat16 is faster than float32 where its dot products run at a higher rate than float32's
+    FMAs: AMX tiles (`amx_bf16`), and AVX512_BF16 on AMD, whose Zen 4 runs float32 AVX-512 at half width
+    (ResNet-50 TSM training 1.75x float32 there). Intel's AVX512_BF16 without AMX is not: on an Xeon
+    Emerald Rapids VM without AMX a 2048^2 bfloat16 GEMM ran at 0.57x float32's rate and ResNet-50 TSM
+    trained at 0.64x (README, "Speed on your CPU"), so such CPUs, like unknown vendors, train in float32.
     """
     if gpus:
         name, capability = min(gpus, key=lambda g: tuple(g[1]))
@@ -324,9 +335,14 @@ def choose_precision(cpu_flags, gpus=()):
         if tuple(capability) >= (7, 0):
             return "mixed_float16", f"GPU has float16 tensor cores but no bfloat16: {text}; dynamic loss scaling"
         return "float32", f"GPU has no fast reduced precision: {text}"
-    native = [flag for flag in NATIVE_BFLOAT16_FLAGS if flag in cpu_flags]
-    if native:
-        return "mixed_bfloat16", f"CPU has native bfloat16: {'/'.join(native)}"
+    flags = cpu["flags"]
+    if "amx_bf16" in flags:
+        return "mixed_bfloat16", "CPU has native bfloat16: amx_bf16"
+    if "avx512_bf16" in flags:
+        if cpu_vendor(cpu) == "amd":
+            return "mixed_bfloat16", "CPU has native bfloat16: avx512_bf16 (AMD)"
+        return "float32", ("CPU has avx512_bf16 but no amx_bf16: measured slower than float32 on Intel CPUs "
+                           "without AMX")
     return "float32", "CPU has no native bfloat16: no amx_bf16/avx512_bf16"
 
 
@@ -354,7 +370,7 @@ def resolve_precision(precision, training=True):
         return precision, "as asked"
     if not training:
         return "float32", "auto: evaluation runs float32, for metrics equal to the reference code's"
-    return choose_precision(read_cpuinfo()["flags"], detect_gpus())
+    return choose_precision(read_cpuinfo(), detect_gpus())
 
 
 def set_precision(precision):
@@ -367,8 +383,9 @@ def set_precision(precision):
 
 
 def native_bfloat16():
-    """Whether this machine runs bfloat16 natively (a GPU of compute capability >= 8.0, or the CPU flags)."""
-    return choose_precision(read_cpuinfo()["flags"], detect_gpus())[0] == "mixed_bfloat16"
+    """Whether bfloat16 runs faster than float32 here (`choose_precision`: a GPU of compute capability
+    >= 8.0, AMX, or AVX512_BF16 on AMD)."""
+    return choose_precision(read_cpuinfo(), detect_gpus())[0] == "mixed_bfloat16"
 
 
 # ------------------------------------------------------------------------------------------ strategy
