@@ -52,6 +52,23 @@ def test_auto_precision_on_real_cpus(name, expected, reason):
     assert runtime.choose_precision(_cpu(name), gpus=()) == (expected, reason)
 
 
+@pytest.mark.parametrize("name, warns", [
+    ("amd_epyc_7763_zen3.txt", "no native bfloat16"),  # emulated
+    ("intel_xeon_emr_no_amx.txt", "avx512_bf16 but no amx_bf16"),  # native, slower: 0.449 vs 0.269 s/clip
+    ("intel_xeon_8573c_amx.txt", None),
+    ("amd_epyc_zen4.txt", None),
+])
+def test_bfloat16_export_warns_where_bfloat16_is_not_faster(name, warns):
+    warning = runtime.bfloat16_serving_warning(_cpu(name), gpus=())
+    if warns is None:
+        assert warning is None
+    else:
+        assert warning.startswith("warning: --export_precision=bfloat16") and warns in warning
+    # The GPU serves, whatever the CPU: an A100 runs bfloat16 natively, a T4 does not.
+    assert runtime.bfloat16_serving_warning(_cpu(name), [("NVIDIA A100-SXM4-40GB", (8, 0))]) is None
+    assert "compute capability 7.5" in runtime.bfloat16_serving_warning(_cpu(name), [("Tesla T4", (7, 5))])
+
+
 def test_cpu_vendor_from_the_vendor_field_or_the_model_name():
     assert runtime.cpu_vendor(_cpu("intel_xeon_emr_no_amx.txt")) == "intel"  # vendor_id GenuineIntel
     assert runtime.cpu_vendor(_cpu("amd_epyc_zen4.txt")) == "amd"  # vendor_id AuthenticAMD, model "AMD EPYC"

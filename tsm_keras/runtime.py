@@ -382,10 +382,15 @@ def set_precision(precision):
     return precision
 
 
-def native_bfloat16():
-    """Whether bfloat16 runs faster than float32 here (`choose_precision`: a GPU of compute capability
-    >= 8.0, AMX, or AVX512_BF16 on AMD)."""
-    return choose_precision(read_cpuinfo(), detect_gpus())[0] == "mixed_bfloat16"
+def bfloat16_serving_warning(cpu, gpus=()):
+    """The warning for a bfloat16 export on this hardware (`parse_cpuinfo`'s description, the GPUs), or None
+    where bfloat16 runs faster than float32 (`choose_precision`'s choice)."""
+    precision, reason = choose_precision(cpu, gpus)
+    if precision == "mixed_bfloat16":
+        return None
+    return (f"warning: --export_precision=bfloat16 on a machine where bfloat16 is not faster than float32 "
+            f"({reason}): served here it would be slower than the float32 export; serve it where bfloat16 "
+            "is native (AMX, AVX512_BF16 on AMD, GPUs of compute capability >= 8.0).")
 
 
 # ------------------------------------------------------------------------------------------ strategy

@@ -36,12 +36,9 @@ def export_model(config):
     if config.export_precision == "bfloat16":
         from tsm_keras import runtime
 
-        if not runtime.native_bfloat16():
-            # Serving machines differ from exporting ones, so the export still goes ahead.
-            print("warning: --export_precision=bfloat16 on a machine where bfloat16 is not faster than float32 "
-                  "(no amx_bf16 CPU flag, no avx512_bf16 on an AMD CPU, no GPU of compute capability >= 8.0): "
-                  "served here it would be slower than the float32 export; serve it where bfloat16 is native.",
-                  file=sys.stderr, flush=True)
+        warning = runtime.bfloat16_serving_warning(runtime.read_cpuinfo(), runtime.detect_gpus())
+        if warning:  # serving machines differ from exporting ones, so the export still goes ahead
+            print(warning, file=sys.stderr, flush=True)
     from tsm_keras.loading import load_trained
 
     model, run_config, label_names = load_trained(config, config.weights or config.model_dir)
