@@ -79,8 +79,8 @@ def runs(tmp_path_factory, tiny_tsm):
     ("path in the way", "{d}/afile: File exists; check the paths given (--debug shows where it failed)"),
     ("clip shape of the model", "{d}/tiny.keras takes clips of 2 segments of 32 px, not 8 of 224 px: evaluate it "
                                 "with --num_segments=2 --image_size=32 (and a --scale_size"),
-    ("nothing readable", "500 samples in a row could not be read (the last ones are named above): check "
-                         "--data_root"),
+    ("nothing readable", "no sample of an epoch, or 500 in a row, could be read (the last ones are named above): "
+                         "check --data_root"),
     ("bad sample, fail policy", "cannot read frame (No such file or directory) (--on_bad_sample=fail"),
 ])
 def test_user_error_is_one_line_and_status_2(runs, case, message):

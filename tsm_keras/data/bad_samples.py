@@ -4,10 +4,10 @@
 `fail` stops with the file named. Readers return a placeholder of the right shape for a dropped
 sample, filtered out before batching.
 
-Under `skip`, `UNREADABLE_STREAK` bad samples in a row stop the pipeline (an in-graph assert with the
-message `NOTHING_READABLE`, reported as `NothingReadableError`): a list whose paths all miss (a wrong
-`--data_root`) would otherwise make a repeated training dataset drop sample after sample forever without
-yielding a batch.
+Under `skip`, an epoch none of whose samples could be read, or `UNREADABLE_STREAK` bad samples in a row,
+stop the pipeline (an in-graph assert with the message `NOTHING_READABLE`, reported as
+`NothingReadableError`): a list whose paths all miss (a wrong `--data_root`) would otherwise make a repeated
+training dataset drop sample after sample forever without yielding a batch.
 Errors raised inside the pipeline reach the caller wrapped in a TensorFlow error; `BAD_SAMPLES.raised`
 keeps the originals (parallel reads may raise several), so that the CLI (`pipeline_user_error`) reports
 the one that surfaced as one line.
@@ -40,12 +40,12 @@ UNREADABLE_STREAK = 500
 
 
 class NothingReadableError(UserError, RuntimeError):
-    """`UNREADABLE_STREAK` samples in a row could not be read (under `--on_bad_sample=skip`)."""
+    """No sample of an epoch, or `UNREADABLE_STREAK` in a row, could be read (under `--on_bad_sample=skip`)."""
 
 
-NOTHING_READABLE = (f"{UNREADABLE_STREAK} samples in a row could not be read (the last ones are named above): check "
-                    "--data_root and the paths in the list file, or the files themselves (--on_bad_sample=fail stops "
-                    "at the first)")
+NOTHING_READABLE = (f"no sample of an epoch, or {UNREADABLE_STREAK} in a row, could be read (the last ones are named "
+                    "above): check --data_root and the paths in the list file, or the files themselves "
+                    "(--on_bad_sample=fail stops at the first)")
 
 
 class BadSampleCounter:

@@ -69,7 +69,8 @@ def _end_with_sentinel(dataset, total):
 
 def _count_dropped(dataset, total):
     """Count the elements `ignore_errors` dropped: `(index, clip, label, ok)` -> `(clip, label, ok)`;
-    `UNREADABLE_STREAK` unreadable ones in a row (not ok, or dropped) raise NothingReadableError.
+    a whole epoch of unreadable ones (not ok, or dropped), or `UNREADABLE_STREAK` in a row, raise
+    NothingReadableError.
 
     Indices are consecutive within an epoch, 0 to `total` - 1 (the number of elements of one epoch, None
     when unknown), each epoch ending with _end_with_sentinel's element of index `total`; a sequential scan
@@ -86,9 +87,13 @@ def _count_dropped(dataset, total):
         # Unreadable in a row, the dropped ones included (the sentinel is not a sample): a list that points at
         # nothing readable would otherwise make a repeated dataset drop sample after sample forever.
         # An Assert with a fixed message: no Python call per element (pipeline_user_error reports it).
+        # At the sentinel, a streak of a whole epoch (every element of it unreadable) needs no more epochs: a
+        # short list whose every JPEG body is corrupt stops after one epoch's warnings, not 500 drops'.
         at_end = tf.equal(index, end)
         streak = tf.where(ok, tf.zeros([], tf.int64), streak + gap + tf.cast(tf.logical_not(at_end), tf.int64))
-        readable = tf.debugging.Assert(streak < UNREADABLE_STREAK, [NOTHING_READABLE])
+        whole_epoch = tf.logical_and(at_end, tf.logical_and(end > 0, streak >= end))
+        readable = tf.debugging.Assert(tf.logical_and(streak < UNREADABLE_STREAK, tf.logical_not(whole_epoch)),
+                                       [NOTHING_READABLE])
         with tf.control_dependencies([recorded, readable]):
             following = tf.where(at_end, tf.zeros([], tf.int64), index + 1)  # the next epoch counts from 0
         return (following, streak), element[1:]
