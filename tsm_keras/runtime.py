@@ -357,6 +357,13 @@ def detect_gpus():
     return gpus
 
 
+def asked_precision_reason(precision, cpu, gpus=()):
+    """The reason printed for a training precision given explicitly: "as asked", plus what `auto` would pick
+    on this hardware where that differs (mixed_bfloat16 asked on a CPU that emulates it, say)."""
+    auto, why = choose_precision(cpu, gpus)
+    return "as asked" if auto == precision else f"as asked; auto would pick {auto} here: {why}"
+
+
 def resolve_precision(precision, training=True):
     """`(precision, reason)`: `precision` itself unless it is "auto".
 
