@@ -323,9 +323,10 @@ def choose_precision(cpu, gpus=()):
 
     On CPUs, bfloat16 is faster than float32 where its dot products run at a higher rate than float32's
     FMAs: AMX tiles (`amx_bf16`), and AVX512_BF16 on AMD, whose Zen 4 runs float32 AVX-512 FMAs on 256-bit
-    units (ResNet-50 TSM training 1.75x float32 there; Zen 5 not measured). Intel's AVX512_BF16 without AMX is not: on an Xeon
-    Emerald Rapids VM without AMX a 2048^2 bfloat16 GEMM ran at 0.57x float32's rate and ResNet-50 TSM
-    trained at 0.64x (README, "Speed on your CPU"), so such CPUs, like unknown vendors, train in float32.
+    units (ResNet-50 TSM training 1.75x float32 there; Zen 5 not measured). Intel's AVX512_BF16 without
+    AMX is not: on a Xeon Emerald Rapids VM without AMX a 2048^2 bfloat16 GEMM ran at 0.57x float32's rate
+    and ResNet-50 TSM trained at 0.64x (README, "Speed on your CPU"), so such CPUs, like unknown vendors,
+    train in float32.
     """
     if gpus:
         name, capability = min(gpus, key=lambda g: tuple(g[1]))

@@ -88,7 +88,7 @@ def _count_dropped(dataset, total):
         # nothing readable would otherwise make a repeated dataset drop sample after sample forever.
         # An Assert with a fixed message: no Python call per element (pipeline_user_error reports it).
         # At the sentinel, a streak of a whole epoch (every element of it unreadable) needs no more epochs: a
-        # short list whose every JPEG body is corrupt stops after one epoch's warnings, not 500 drops'.
+        # short list whose every JPEG body is corrupt stops after one epoch's warnings, not after 500 drops.
         at_end = tf.equal(index, end)
         streak = tf.where(ok, tf.zeros([], tf.int64), streak + gap + tf.cast(tf.logical_not(at_end), tf.int64))
         whole_epoch = tf.logical_and(at_end, tf.logical_and(end > 0, streak >= end))
