@@ -137,7 +137,8 @@ flags.DEFINE_enum("convention", "auto", ["auto", "tsm", "paddle"], "Shift direct
 flags.DEFINE_float("dropout", 0.5, "Dropout before the classifier.")
 flags.DEFINE_string("pretrained", "", "Initial weights (ImageNet or K400), any format the converters read.")
 flags.DEFINE_string("weights", "", "Trained weights for eval/predict/export: model_dir, .keras or a converter source.")
-flags.DEFINE_string("source", "", "--mode=convert: .pdparams, .pth/.pth.tar, keras.applications .h5, .keras or .weights.h5.")
+flags.DEFINE_string("source", "", "--mode=convert: .pdparams, .pth/.pth.tar, keras.applications .h5, .keras or "
+                    ".weights.h5.")
 flags.DEFINE_string("output", "", "--mode=convert: where to write, OUT.keras (whole model) or OUT.weights.h5; "
                     "--mode=predict: JSON lines file (preds.jsonl).")
 
@@ -167,7 +168,8 @@ flags.DEFINE_integer("online_history", 12, "--mode=predict --online: the label i
                      "the last K frames (the official online demo: 12; 1 = no smoothing).", lower_bound=1)
 flags.DEFINE_integer("online_stride", 1, "--mode=predict --online: stream video frames 1, 1+S, 1+2S, ... (a model "
                      "trained on T segments of V-frame videos saw frames about V/T apart: S = V/T).", lower_bound=1)
-flags.DEFINE_string("saved_model", "", "--mode=predict: a SavedModel export (or its versioned folder) instead of --weights.")
+flags.DEFINE_string("saved_model", "", "--mode=predict: a SavedModel export (or its versioned folder) instead of "
+                    "--weights.")
 
 # Optimization.
 flags.DEFINE_integer("batch_size", 128, "Global batch size (split across replicas).", lower_bound=1)

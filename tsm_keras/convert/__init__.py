@@ -20,9 +20,9 @@ from tsm_keras.convert.converted import (BEHAVIOURAL_KEYS, STRUCTURAL_KEYS, Conv
                                          assign_converted, check_build, converted_from_model)
 from tsm_keras.convert.detect import FORMATS, detect_format
 
-__all__ = ["ConversionError", "ConvertedWeights", "FORMATS", "build_model_from_source", "convert_checkpoint", "convert_from_config",
-           "detect_format", "init_from_pretrained", "load_model_from_source", "load_weights_into",
-           "read_checkpoint", "source_build_kwargs"]
+__all__ = ["ConversionError", "ConvertedWeights", "FORMATS", "build_model_from_source", "convert_checkpoint",
+           "convert_from_config", "detect_format", "init_from_pretrained", "load_model_from_source",
+           "load_weights_into", "read_checkpoint", "source_build_kwargs"]
 
 def read_checkpoint(path, fmt=None):
     """Any source except `keras-weights` -> ConvertedWeights (arrays in Keras layout, our layer names)."""

@@ -112,7 +112,8 @@ def _read_indices(path, indices, limit, capture=None, allow_seek=True):
             gap = index - position
             if seek and gap >= SEEK_MIN_GAP:
                 start = time.perf_counter()
-                if not capture.set(cv2.CAP_PROP_POS_FRAMES, index) or int(capture.get(cv2.CAP_PROP_POS_FRAMES)) != index:
+                if (not capture.set(cv2.CAP_PROP_POS_FRAMES, index)
+                        or int(capture.get(cv2.CAP_PROP_POS_FRAMES)) != index):
                     break
                 position, seeked = index, True
                 if not capture.grab():

@@ -190,8 +190,8 @@ def build_dataset(config, split, *, batch_size=None, shuffle=None, repeat=False,
         if shuffle:
             dataset = dataset.shuffle(max(1, len(labels)), seed=seed, reshuffle_each_iteration=True)
     elif config.data_format == "tfrecord":
-        tfrecord_reader.log_once("TFRecords: streaming whole records (shards without an index; rerun --mode=tfrecords to "
-                  "index them for random access)")
+        tfrecord_reader.log_once("TFRecords: streaming whole records (shards without an index; rerun "
+                                 "--mode=tfrecords to index them for random access)")
         dataset = tf.data.Dataset.from_tensor_slices(files)
         shard_files = len(files) >= num_shards
         if shard_files and num_shards > 1:

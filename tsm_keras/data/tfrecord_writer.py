@@ -198,7 +198,8 @@ def convert_list(list_path, data_format, data_root, out_dir, split, *, videos_pe
 def write_tfrecords(config):
     """`--mode=tfrecords`: convert --train_list and/or --val_list into --tfrecord_dir; returns the manifest dict."""
     if config.data_format == "tfrecord":
-        raise UsageError("--mode=tfrecords converts a frames or videos list: pass --data_format=frames|videos|synthetic")
+        raise UsageError("--mode=tfrecords converts a frames or videos list: pass "
+                         "--data_format=frames|videos|synthetic")
     config, label_names = lists.resolve_lists(config)
     splits = [(name, path) for name, path in (("train", config.train_list), ("val", config.val_list)) if path]
     if not splits:

@@ -204,9 +204,9 @@ def nchw_temporal_shifts(model, num_segments):
         for index, (first, stop, offset) in enumerate(ranges):
             part = f"{prefix}/part{index}"
             if offset == 0:
-                nodes.append(helper.make_node("Slice", [f"{prefix}/clips", constant(f"{part}/starts", [first]),
-                                                        constant(f"{part}/ends", [stop]), constant(f"{part}/axes", [2])],
-                                              [part], name=part))
+                inputs = [f"{prefix}/clips", constant(f"{part}/starts", [first]), constant(f"{part}/ends", [stop]),
+                          constant(f"{part}/axes", [2])]
+                nodes.append(helper.make_node("Slice", inputs, [part], name=part))
             else:  # offset +1: frame t takes t+1 (the last frame gets zeros); -1: t takes t-1
                 frames = (1, t) if offset > 0 else (0, t - 1)
                 pads = [0, 0, 0, 0, 0, 0, 1, 0, 0, 0] if offset > 0 else [0, 1, 0, 0, 0, 0, 0, 0, 0, 0]
