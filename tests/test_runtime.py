@@ -136,6 +136,21 @@ def test_an_explicit_reduced_precision_says_what_auto_would_pick_where_it_differ
         "as asked; auto would pick mixed_float16 here: GPU has float16 tensor cores but no bfloat16: Tesla T4")
 
 
+def test_machine_info_names_the_machine_and_what_auto_trains_in():
+    """The record every benchmark JSON carries (issue: figures name the CPU they came from)."""
+    import keras
+    import tensorflow as tf
+
+    info = runtime.machine_info()
+    cpu = runtime.read_cpuinfo()
+    assert info["cpu"] == cpu["model"] and info["cores"] == os.cpu_count()
+    assert info["isa"] == {flag: flag in cpu["flags"] for flag in runtime.SPEED_FLAGS}
+    assert (info["tensorflow"], info["keras"]) == (tf.__version__, keras.__version__)
+    assert info["onednn"] == runtime.onednn_state()
+    assert info["precision_auto"] == dict(zip(("precision", "reason"),
+                                              runtime.choose_precision(cpu, runtime.detect_gpus())))
+
+
 def test_explicit_precision_wins_and_evaluation_stays_float32():
     for precision in runtime.PRECISIONS:
         assert runtime.resolve_precision(precision, training=True)[0] == precision

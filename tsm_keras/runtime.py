@@ -70,7 +70,8 @@ def parse_cpuinfo(text, default_model=""):
 
 
 def machine_info():
-    """The fields every benchmark JSON carries: CPU, cores, speed flags, oneDNN, library versions."""
+    """The fields every benchmark JSON carries: CPU, cores, speed flags, oneDNN, library versions and, with
+    TensorFlow loaded (it lists the GPUs), what `--precision=auto` trains in here and why."""
     cpu = read_cpuinfo()
     info = {"cpu": cpu["model"], "cores": os.cpu_count(), "arch": platform.machine(),
             "isa": {flag: flag in cpu["flags"] for flag in SPEED_FLAGS},
@@ -80,6 +81,7 @@ def machine_info():
         import tensorflow as tf
 
         info.update(tensorflow=tf.__version__, keras=keras.__version__)
+        info["precision_auto"] = dict(zip(("precision", "reason"), choose_precision(cpu, detect_gpus())))
     try:
         info["load_average"] = [round(x, 2) for x in os.getloadavg()]
     except OSError:
