@@ -375,23 +375,33 @@ def resolve_precision(precision, training=True):
     """`(precision, reason)`: `precision` itself unless it is "auto".
 
     `auto` trains in what the hardware runs natively (`choose_precision`); evaluation, prediction and
-    export stay float32 under `auto`, so that metrics match the reference implementations exactly.
+    export stay float32 under `auto`, so that metrics match the reference implementations exactly. An
+    explicit training precision's reason says what `auto` would pick where that matters
+    (`asked_precision_reason`).
     """
     if precision != "auto":
-        if precision not in PRECISIONS:
-            raise UsageError(f"precision must be one of {PRECISIONS + ('auto',)}, got {precision!r} "
-                             "(--amp is the same as --precision=mixed_float16).")
-        return precision, "as asked"
+        _check_precision(precision)
+        if not training:
+            return precision, "as asked"
+        return precision, asked_precision_reason(precision, read_cpuinfo(), detect_gpus())
     if not training:
         return "float32", "auto: evaluation runs float32, for metrics equal to the reference code's"
     return choose_precision(read_cpuinfo(), detect_gpus())
+
+
+def _check_precision(precision):
+    if precision not in PRECISIONS:
+        raise UsageError(f"precision must be one of {PRECISIONS + ('auto',)}, got {precision!r} "
+                         "(--amp is the same as --precision=mixed_float16).")
 
 
 def set_precision(precision):
     """Set Keras' global dtype policy (call before building the model); returns the policy name."""
     import keras
 
-    precision, _ = resolve_precision(precision)
+    if precision == "auto":
+        precision, _ = resolve_precision(precision)
+    _check_precision(precision)
     keras.config.set_dtype_policy(precision)
     return precision
 

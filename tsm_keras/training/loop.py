@@ -61,8 +61,6 @@ def train(config, *, data=None, stop_after_steps=None):
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
     precision, reason = runtime.resolve_precision(config.precision, training=True)
-    if config.precision != "auto":
-        reason = runtime.asked_precision_reason(precision, runtime.read_cpuinfo(), runtime.detect_gpus())
     runtime.set_precision(precision)
     chief = runtime.is_chief(strategy)
     if chief:
